@@ -1,0 +1,5 @@
+"""`python -m pixelnet` runs the CLI."""
+
+from pixelnet.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""The `pixelnet` command line: one thin command per pipeline stage.
+
+Each command parses paths, loads and checks params.yaml (plus `--set
+section.key=value` overrides) and calls the matching function in
+`pixelnet.stages`.  User-fixable errors print one line naming the cause and
+the fix, and exit with status 2; `--debug` (or PIXELNET_DEBUG=1) shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pixelnet.errors import PixelNetError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="PixelNet: PixelCNN-style image generation. Commands are the pipeline's stages.",
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml with the data/model/train/sample/evaluate sections")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a parameter: section.key=value (repeatable)")]
+
+
+def _params(path: Path, overrides: list[str] | None):
+    from pixelnet.config import load_params
+
+    return load_params(path, overrides or [])
+
+
+def _report(result: dict) -> None:
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@app.callback()
+def root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False) -> None:
+    if debug:
+        os.environ["PIXELNET_DEBUG"] = "1"
+
+
+@app.command()
+def download(
+    out: Annotated[Path, typer.Option(help="raw dataset directory to write, e.g. data/raw/mnist-5k")],
+    params: ParamsOpt = Path("params.yaml"),
+    cache: Annotated[Path, typer.Option(help="where torchvision datasets are downloaded or placed by hand")] = Path("data/external"),
+    dataset: Annotated[str | None, typer.Option(help="override data.dataset")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fetch the raw dataset (data.dataset) into OUT in PixelNet's raw format."""
+    from pixelnet import stages
+
+    overrides = list(set_ or []) + ([f"data.dataset={dataset}"] if dataset else [])
+    _report(stages.download(_params(params, overrides).data, out_dir=out, cache_dir=cache))
+
+
+@app.command()
+def preprocess(
+    raw: Annotated[Path, typer.Option(help="raw dataset directory written by `download`")],
+    out: Annotated[Path, typer.Option(help="directory for the preprocessed tensors, e.g. data/processed")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Resize, convert, quantize and split the raw dataset; write tensors and a manifest."""
+    from pixelnet import stages
+
+    manifest = stages.preprocess(_params(params, set_).data, raw_dir=raw, out_dir=out)
+    _report({k: manifest[k] for k in ("dataset", "levels", "shape")} | {
+        "counts": {s: v["count"] for s, v in manifest["splits"].items()}})
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="preprocessed data directory")],
+    model: Annotated[Path, typer.Option(help="checkpoint file to write, e.g. models/model.pt")],
+    reports: Annotated[Path, typer.Option(help="directory for metrics.json, steps.csv, epochs.csv")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Train the model (params: model, train) and save a checkpoint."""
+    from pixelnet import stages
+
+    _report(stages.train(_params(params, set_), data_dir=data, model_path=model, reports_dir=reports))
+
+
+@app.command()
+def sample(
+    model: Annotated[Path, typer.Option(help="checkpoint to sample from")],
+    out: Annotated[Path, typer.Option(help="directory for samples.npy, grid.png and sample.json")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Generate sample.n images pixel by pixel (params: sample)."""
+    from pixelnet import stages
+
+    _report(stages.sample(_params(params, set_).sample, model_path=model, out_dir=out))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="checkpoint to evaluate")],
+    data: Annotated[Path, typer.Option(help="preprocessed data directory (its test split is used)")],
+    samples: Annotated[Path, typer.Option(help="samples.npy written by `sample`")],
+    train_reports: Annotated[Path, typer.Option(help="the training reports directory (steps.csv, epochs.csv)")],
+    out: Annotated[Path, typer.Option(help="directory for metrics.json and figures")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Test NLL in bits/dim, loss curves, and samples beside real test images."""
+    from pixelnet import stages
+
+    _report(stages.evaluate(_params(params, set_).evaluate, model_path=model, data_dir=data,
+                            samples_path=samples, train_reports=train_reports, out_dir=out))
+
+
+def main() -> None:
+    """Entry point: run the app, turning user-fixable errors into one clean line."""
+    debug = "--debug" in sys.argv or os.environ.get("PIXELNET_DEBUG") == "1"
+    try:
+        app()
+    except PixelNetError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        if debug:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        typer.echo(f"error: cannot access{where}: {e.strerror or e}. Check the path and its permissions.", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

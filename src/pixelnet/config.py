@@ -1,0 +1,149 @@
+"""params.yaml -> typed, frozen, checked config objects, one per section.
+
+params.yaml is the only home of hyperparameters.  `load_params` reads it once,
+applies `section.key=value` overrides (the CLI's `--set`), and checks every
+section before any work starts: a wrong type, a bad value or an unknown key is
+a `ConfigError` naming `section.key`.  Each stage then uses its own sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from pixelnet.errors import ConfigError, PixelNetError
+from pixelnet.model import MODEL_PARAM_KEYS, ModelConfig
+from pixelnet.schema import from_mapping, require
+
+Dataset = Literal["mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    SECTION: ClassVar[str] = "data"
+
+    dataset: Dataset = "mnist-5k"
+    folder: str | None = None  # the image folder when dataset is "folder"
+    size: int = 28  # images are resized to size x size
+    mode: Literal["keep", "gray", "rgb"] = "keep"
+    levels: int = 256  # intensity levels per sub-pixel; 2 binarizes
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # used only when the source has no official test split
+    seed: int = 0  # the train/val/test split
+
+    def __post_init__(self) -> None:
+        s = self.SECTION
+        require(4 <= self.size <= 256, s, "size", "must be between 4 and 256", self.size)
+        require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
+        require(0.0 <= self.val_fraction < 0.5, s, "val_fraction", "must be in [0, 0.5)", self.val_fraction)
+        require(0.0 < self.test_fraction < 0.5, s, "test_fraction", "must be in (0, 0.5)", self.test_fraction)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    SECTION: ClassVar[str] = "train"
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        s = self.SECTION
+        require(self.epochs >= 1, s, "epochs", "must be >= 1", self.epochs)
+        require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
+        require(0.0 < self.lr < 1.0, s, "lr", "must be in (0, 1)", self.lr)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    SECTION: ClassVar[str] = "sample"
+
+    n: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+    method: Literal["naive"] = "naive"
+
+    def __post_init__(self) -> None:
+        s = self.SECTION
+        require(1 <= self.n <= 100_000, s, "n", "must be between 1 and 100000", self.n)
+        require(0.0 < self.temperature <= 10.0, s, "temperature", "must be in (0, 10]", self.temperature)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    SECTION: ClassVar[str] = "evaluate"
+
+    batch_size: int = 256
+    grid_n: int = 64  # real test images shown beside the samples
+
+    def __post_init__(self) -> None:
+        s = self.SECTION
+        require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
+        require(self.grid_n >= 1, s, "grid_n", "must be >= 1", self.grid_n)
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+SECTIONS: dict[str, tuple[type, set[str] | None]] = {
+    "data": (DataConfig, None),
+    "model": (ModelConfig, MODEL_PARAM_KEYS),
+    "train": (TrainConfig, None),
+    "sample": (SampleConfig, None),
+    "evaluate": (EvaluateConfig, None),
+}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as YAML) to a params mapping."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.0003")
+        if section not in SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise ConfigError(f"params section {section} must be a mapping")
+        out[section][name] = yaml.safe_load(value)
+    return out
+
+
+def params_from_mapping(raw: Any) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("params must be a mapping with the sections " + ", ".join(SECTIONS))
+    unknown = sorted(str(k) for k in raw if k not in SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown params section(s) {', '.join(unknown)}; valid sections are {', '.join(SECTIONS)}")
+    built = {name: from_mapping(cls, raw.get(name), section=name, keys=keys) for name, (cls, keys) in SECTIONS.items()}
+    return Params(**built)
+
+
+def load_params(path: Path, overrides: list[str] = ()) -> Params:
+    """Read and check the whole params file (plus overrides) once."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PixelNetError(f"params file {path} not found: pass --params with the path to params.yaml") from None
+    except yaml.YAMLError as e:
+        raise PixelNetError(f"params file {path} is not valid YAML: {e}") from None
+    try:
+        return params_from_mapping(apply_overrides(raw or {}, list(overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

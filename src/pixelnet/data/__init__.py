@@ -1,0 +1,1 @@
+"""Data: sources -> raw format (data/raw/<dataset>/) -> preprocessed tensors (data/processed/)."""

@@ -1,0 +1,82 @@
+"""Masked convolutions and the PixelCNN residual block (plain PyTorch).
+
+`MaskedConv2d` keeps its mask as a buffer and multiplies the weight by it in
+`forward`, so masked taps stay zero whatever the optimizer does to them and a
+loaded state dict needs no fixing up.  Padding is `k // 2` on every side: the
+output at (i, j) is centred on input (i, j), and the mask removes the taps
+that would look at later positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixelnet.model.masks import conv_mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A k x k convolution that sees only earlier pixels (and earlier channels)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        mask_type: str,
+        groups: int = 1,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.mask_type = mask_type
+        mask = conv_mask(
+            mask_type=mask_type,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            groups=groups,
+        )
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """Normalization that keeps the model causal at sampling time.
+
+    BatchNorm in eval mode is a per-channel affine map, so it mixes neither
+    positions nor channels.  Norms over space or over channels (GroupNorm,
+    LayerNorm) would leak later pixels or sub-pixels, so they are not offered.
+    """
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+class ResidualBlock(nn.Module):
+    """x + [ReLU, 1x1 (h -> h/2), norm, ReLU, masked k x k B, norm, ReLU, 1x1 (h/2 -> h), norm](x)."""
+
+    def __init__(self, channels: int, *, kernel_size: int, norm: str, groups: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            MaskedConv2d(channels, half, kernel_size=1, mask_type="B", groups=groups),
+            make_norm(norm, half),
+            nn.ReLU(),
+            MaskedConv2d(half, half, kernel_size=kernel_size, mask_type="B", groups=groups),
+            make_norm(norm, half),
+            nn.ReLU(),
+            MaskedConv2d(half, channels, kernel_size=1, mask_type="B", groups=groups),
+            make_norm(norm, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)

@@ -1,0 +1,148 @@
+"""The pipeline stages as pure, importable functions: download, preprocess, train, sample, evaluate.
+
+Each takes its own config section(s) and explicit paths, does its work
+through the library (data, model, training, sampling, evaluation) and
+returns the metrics it wrote.  The CLI commands are thin wrappers over these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from pixelnet.checkpoints import load_model, save_checkpoint
+from pixelnet.config import DataConfig, EvaluateConfig, Params, SampleConfig
+from pixelnet.data.preprocess import preprocess as preprocess_data
+from pixelnet.data.processed import load_split, read_manifest, sha256_file
+from pixelnet.data.rawformat import write_raw
+from pixelnet.data.sources import load_source
+from pixelnet.errors import PixelNetError
+from pixelnet.evaluation import image_grid, plot_loss_curves, side_by_side, test_nll
+from pixelnet.model import build_model
+from pixelnet.sampling import sample_naive, sampling_noise
+from pixelnet.training import EpochRecord, fit, select_device
+
+
+def _mkdir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PixelNetError(f"cannot create output directory {path}: {e.strerror}; choose a writable location") from None
+    return path
+
+
+def write_json(path: Path, obj: dict) -> None:
+    _mkdir(path.parent)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def download(cfg: DataConfig, *, out_dir: Path, cache_dir: Path) -> dict:
+    """data/raw/<dataset>/ from the configured source."""
+    raw = load_source(cfg.dataset, cache_dir=cache_dir, folder=cfg.folder)
+    write_raw(raw, out_dir, name=cfg.dataset)
+    counts = {"train": len(raw.train.labels), "test": len(raw.test.labels) if raw.test else 0}
+    return {"dataset": cfg.dataset, "images": counts, "shape": list(raw.train.images.shape[1:])}
+
+
+def preprocess(cfg: DataConfig, *, raw_dir: Path, out_dir: Path) -> dict:
+    return preprocess_data(cfg, raw_dir, out_dir)
+
+
+def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path) -> dict:
+    """Train the configured model on data_dir's train split; write the checkpoint and reports."""
+    manifest = read_manifest(data_dir)
+    train_split, val_split = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
+    c, h, w = manifest["shape"]
+    model_cfg = replace(params.model, levels=manifest["levels"], image_channels=c, height=h, width=w)
+    model = build_model(model_cfg)
+    device = select_device(params.train.device)
+    _mkdir(reports_dir)
+
+    steps: list[dict] = []
+    epochs: list[EpochRecord] = []
+    per_epoch = -(-len(train_split.images) // params.train.batch_size)
+    with tqdm(total=per_epoch * params.train.epochs, desc="train", unit="batch", mininterval=1.0) as bar:
+        def on_step(step: int, epoch: int, loss_bpd: float) -> None:
+            steps.append({"step": step, "epoch": epoch, "train_bpd": loss_bpd})
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss_bpd=f"{loss_bpd:.4f}", refresh=False)
+
+        def on_epoch(record: EpochRecord) -> None:
+            epochs.append(record)
+            tqdm.write(f"epoch {record.epoch}: train {record.train_bpd:.4f} bits/dim, "
+                       f"val {record.val_bpd:.4f} bits/dim, {record.images_per_s:.0f} images/s")
+
+        t0 = time.perf_counter()
+        fit(model, train_split, val_split, params.train, device=device, on_step=on_step, on_epoch=on_epoch)
+        seconds = time.perf_counter() - t0
+
+    pd.DataFrame(steps).to_csv(reports_dir / "steps.csv", index=False)
+    pd.DataFrame([vars(r) for r in epochs]).to_csv(reports_dir / "epochs.csv", index=False)
+    last = epochs[-1]
+    metrics = {
+        "train_bits_per_dim": last.train_bpd,
+        "val_bits_per_dim": last.val_bpd,
+        "train_seconds": seconds,
+        "images_per_s": sum(r.images_per_s * r.seconds for r in epochs) / sum(r.seconds for r in epochs),
+        "epochs": len(epochs),
+        "steps": last.step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    write_json(reports_dir / "metrics.json", metrics)
+    save_checkpoint(model, model_cfg, model_path, meta={"data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json")})
+    return metrics
+
+
+def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:
+    """Draw cfg.n images; write samples.npy (uint8 levels, (N, C, H, W)), grid.png and sample.json."""
+    model, mcfg = load_model(model_path, device=select_device(device))
+    noise = sampling_noise(cfg.n, mcfg.image_channels, mcfg.height, mcfg.width, seed=cfg.seed)
+    t0 = time.perf_counter()
+    images = sample_naive(
+        model, noise, temperature=cfg.temperature,
+        progress=lambda rows: tqdm(rows, desc=f"sample {cfg.n} ({cfg.method})", unit="row"),
+    )
+    seconds = time.perf_counter() - t0
+    _mkdir(out_dir)
+    np.save(out_dir / "samples.npy", images.numpy())
+    image_grid(images, mcfg.levels).save(out_dir / "grid.png")
+    info = {"n": cfg.n, "method": cfg.method, "temperature": cfg.temperature, "seed": cfg.seed,
+            "levels": mcfg.levels, "sample_seconds": seconds}
+    write_json(out_dir / "sample.json", info)
+    return info
+
+
+def evaluate(
+    cfg: EvaluateConfig, *, model_path: Path, data_dir: Path, samples_path: Path, train_reports: Path, out_dir: Path
+) -> dict:
+    """Test NLL, loss curves, and the samples beside real test images."""
+    device = select_device("auto")
+    model, mcfg = load_model(model_path, device=device)
+    manifest = read_manifest(data_dir)
+    test = load_split(data_dir, "test", manifest)
+    if manifest["levels"] != mcfg.levels or list(manifest["shape"]) != [mcfg.image_channels, mcfg.height, mcfg.width]:
+        raise PixelNetError(f"model {model_path} was trained on different data than {data_dir}: train again")
+    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device)
+    metrics["test_images"] = len(test.images)
+    _mkdir(out_dir)
+    try:
+        samples = np.load(samples_path, allow_pickle=False)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise PixelNetError(f"cannot read samples {samples_path} ({e}); run `pixelnet sample` first") from None
+    real = test.images[: cfg.grid_n]
+    side_by_side(image_grid(samples, mcfg.levels), image_grid(real, mcfg.levels)).save(out_dir / "samples_vs_real.png")
+    try:
+        steps = pd.read_csv(Path(train_reports) / "steps.csv")
+        epochs = pd.read_csv(Path(train_reports) / "epochs.csv")
+    except (FileNotFoundError, pd.errors.ParserError) as e:
+        raise PixelNetError(f"cannot read training reports in {train_reports} ({e}); run `pixelnet train` first") from None
+    plot_loss_curves(steps, epochs, out_dir / "loss_curves.png")
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
