@@ -27,7 +27,7 @@ def draw(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Ten
     """Inverse-CDF sample. logits (B, levels), u (B,) uniforms -> (B,) int64 levels."""
     probs = torch.softmax(logits.double() / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, u.to(cdf.dtype).unsqueeze(-1)).squeeze(-1)
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype).contiguous().unsqueeze(-1)).squeeze(-1)
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 

@@ -84,7 +84,7 @@ def fit(
             loss.backward()
             opt.step()
             step += 1
-            loss_bpd = nats_to_bits_per_dim(float(loss))
+            loss_bpd = nats_to_bits_per_dim(loss.item())
             loss_sum += loss_bpd * len(x)
             seen += len(x)
             if on_step:

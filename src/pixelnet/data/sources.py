@@ -99,8 +99,9 @@ def _download(dataset: str, cls_name: str, cache_dir: Path, directory: Path, fil
         getattr(torchvision.datasets, cls_name)(root=str(cache_dir), train=True, download=True)
         getattr(torchvision.datasets, cls_name)(root=str(cache_dir), train=False, download=True)
     except Exception as e:  # torchvision raises many kinds (URLError, RuntimeError, timeouts)
+        reason = " ".join(str(e).split())
         raise PixelNetError(
-            f"could not download {dataset} ({type(e).__name__}: {e}). Without network, use the embedded "
+            f"could not download {dataset} ({type(e).__name__}: {reason}). Without network, use the embedded "
             f"offline default: set data.dataset: mnist-5k (or `pixelnet download --dataset mnist-5k`). "
             f"Or place the files by hand in {directory}/: {', '.join(files)} (optionally .gz)."
         ) from None
@@ -135,6 +136,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
     }
 
     def find_class(self, module: str, name: str):

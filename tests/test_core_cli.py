@@ -1,0 +1,105 @@
+"""Every command through the CLI on a 16-image fixture, and bad input as clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_all(run_cli, tmp_path, params, folder):
+    d = tmp_path
+    steps = [
+        ("download", "--params", params, "--out", d / "raw", "-S", f"data.folder={folder}"),
+        ("preprocess", "--params", params, "--raw", d / "raw", "--out", d / "processed"),
+        ("train", "--params", params, "--data", d / "processed", "--model", d / "model.pt", "--reports", d / "train"),
+        ("sample", "--params", params, "--model", d / "model.pt", "--out", d / "samples"),
+        ("evaluate", "--params", params, "--model", d / "model.pt", "--data", d / "processed",
+         "--samples", d / "samples" / "samples.npy", "--train-reports", d / "train", "--out", d / "eval"),
+    ]
+    for args in steps:
+        result = run_cli(*args)
+        assert result.code == 0, (args[0], result.err)
+    return d
+
+
+def test_every_command_on_a_16_image_fixture(run_cli, tmp_path, tiny_params, image_folder):
+    d = run_all(run_cli, tmp_path, tiny_params, image_folder)
+    manifest = json.loads((d / "processed" / "manifest.json").read_text())
+    assert manifest["levels"] == 4 and manifest["shape"] == [1, 8, 8]
+    assert sum(s["count"] for s in manifest["splits"].values()) == 16
+    samples = np.load(d / "samples" / "samples.npy")
+    assert samples.shape == (4, 1, 8, 8) and samples.dtype == np.uint8 and samples.max() <= 3
+    for f in ["model.pt", "train/metrics.json", "train/steps.csv", "train/epochs.csv", "samples/grid.png",
+              "eval/metrics.json", "eval/loss_curves.png", "eval/samples_vs_real.png"]:
+        assert (d / f).is_file(), f
+    metrics = json.loads((d / "eval" / "metrics.json").read_text())
+    assert 0 < metrics["test_bits_per_dim"] < 2.5
+    assert metrics["test_nats_per_image"] == pytest.approx(metrics["test_bits_per_dim"] * 64 * np.log(2))
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "pixelnet", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "preprocess" in out.stdout
+
+
+def assert_clean_error(result, *needles):
+    assert result.code != 0
+    assert "Traceback" not in result.err and "Traceback" not in result.out
+    for needle in needles:
+        assert needle in result.err, result.err
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("data.dataset=imagenet", ["data.dataset must be one of", "'imagenet'"]),
+    ("data.levels=1", ["data.levels must be between 2 and 256"]),
+    ("model.kernel=4", ["model.kernel must be an odd integer"]),
+    ("train.lr=fast", ["train.lr must be a number"]),
+    ("train.epoch=3", ["unknown parameter train.epoch", "epochs"]),
+])
+def test_bad_params_are_clean_errors(run_cli, tmp_path, tiny_params, override, needles):
+    result = run_cli("download", "--params", tiny_params, "--out", tmp_path / "raw", "-S", override)
+    assert_clean_error(result, *needles, str(tiny_params))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_missing_and_empty_folders(run_cli, tmp_path, tiny_params):
+    result = run_cli("download", "--params", tiny_params, "--out", tmp_path / "raw", "-S", f"data.folder={tmp_path / 'nope'}")
+    assert_clean_error(result, "nope", "does not exist")
+    (tmp_path / "empty").mkdir()
+    result = run_cli("download", "--params", tiny_params, "--out", tmp_path / "raw", "-S", f"data.folder={tmp_path / 'empty'}")
+    assert_clean_error(result, "holds no PNG/JPEG images")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_unreadable_image_is_named(run_cli, tmp_path, tiny_params, image_folder):
+    (image_folder / "a" / "zz.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    result = run_cli("download", "--params", tiny_params, "--out", tmp_path / "raw", "-S", f"data.folder={image_folder}")
+    assert_clean_error(result, "zz.jpg")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_missing_params_file_and_debug_traceback(run_cli, tmp_path):
+    result = run_cli("download", "--params", tmp_path / "nope.yaml", "--out", tmp_path / "raw")
+    assert_clean_error(result, "nope.yaml", "not found")
+    with pytest.raises(Exception, match="nope.yaml"):
+        run_cli("--debug", "download", "--params", tmp_path / "nope.yaml", "--out", tmp_path / "raw")
+
+
+def test_offline_download_names_the_default_and_the_folder(run_cli, tmp_path, tiny_params, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    result = run_cli("download", "--params", tiny_params, "--dataset", "fashion-mnist",
+                     "--out", tmp_path / "raw", "--cache", tmp_path / "ext")
+    assert_clean_error(result, "could not download fashion-mnist", "mnist-5k", str(tmp_path / "ext" / "FashionMNIST" / "raw"))
+    assert not (tmp_path / "raw").exists()
