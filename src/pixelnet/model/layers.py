@@ -46,6 +46,11 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
 
 
+def scale_input(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integer levels in [0, levels - 1] -> floats in [-1, 1], the network's input scale (the one place)."""
+    return x.float() * (2.0 / (levels - 1)) - 1.0
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Normalization that keeps the model causal at sampling time.
 

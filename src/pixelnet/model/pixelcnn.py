@@ -4,8 +4,9 @@ PixelCNN (van den Oord et al. 2016) as the project's seed describes it: a
 masked k x k type-A convolution, residual blocks around type-B masked
 convolutions, and a 1x1 head giving `levels` logits for every sub-pixel.
 
-Inputs are integer intensity levels; `scale_input` is the one place where
-they become network values.  Outputs are logits shaped (B, levels, C, H, W),
+Inputs are integer intensity levels; `scale_input` (layers.py) is the one
+place where they become network values.  With `conditional`, a learned
+per-class bias is added after the input conv and after every block.  Outputs are logits shaped (B, levels, C, H, W),
 which is what `F.cross_entropy` takes against targets shaped (B, C, H, W).
 """
 
@@ -17,24 +18,27 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from pixelnet.model.layers import MaskedConv2d, ResidualBlock
+from pixelnet.model.gated import GatedPixelCNN
+from pixelnet.model.layers import MaskedConv2d, ResidualBlock, scale_input
 from pixelnet.schema import require
 
 # Keys of ModelConfig that params.yaml's `model` section may set; the rest
 # (levels and image shape) come from the preprocessed data's manifest.
-MODEL_PARAM_KEYS = {"arch", "channels", "blocks", "first_kernel", "kernel", "norm"}
+MODEL_PARAM_KEYS = {"arch", "channels", "blocks", "first_kernel", "kernel", "norm", "conditional"}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     SECTION: ClassVar[str] = "model"
 
-    arch: Literal["pixelcnn"] = "pixelcnn"
+    arch: Literal["pixelcnn", "gated"] = "pixelcnn"
     channels: int = 64
     blocks: int = 7
     first_kernel: int = 7
     kernel: int = 3
     norm: Literal["batch", "none"] = "batch"
+    conditional: bool = False  # a learned class embedding added in every layer
+    n_classes: int = 0  # from the data; used when conditional
     levels: int = 256
     image_channels: int = 1
     height: int = 28
@@ -53,11 +57,8 @@ class ModelConfig:
         require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
         require(self.image_channels in (1, 3), s, "image_channels", "must be 1 or 3", self.image_channels)
         require(self.height >= 1 and self.width >= 1, s, "height/width", "must be >= 1", (self.height, self.width))
-
-
-def scale_input(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """Integer levels in [0, levels - 1] -> floats in [-1, 1], the network's input scale."""
-    return x.float() * (2.0 / (levels - 1)) - 1.0
+        require(not self.conditional or self.n_classes >= 2, s, "conditional",
+                "needs a labelled dataset with at least 2 classes", self.n_classes)
 
 
 class PixelCNN(nn.Module):
@@ -77,11 +78,21 @@ class PixelCNN(nn.Module):
             nn.ReLU(),
             MaskedConv2d(h, c * config.levels, kernel_size=1, mask_type="B", groups=g),
         )
+        # Conditional: one learned per-channel bias for the input conv's output and each block's output.
+        self.embed = nn.Embedding(config.n_classes, (config.blocks + 1) * h) if config.conditional else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) integer levels -> logits (B, levels, C, H, W)."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) integer levels, labels (B,) when conditional -> logits (B, levels, C, H, W)."""
         b, c, hgt, wid = x.shape
-        out = self.head(self.blocks(self.input_conv(scale_input(x, self.config.levels))))
+        feats = self.input_conv(scale_input(x, self.config.levels))
+        if self.embed is None:
+            feats = self.blocks(feats)
+        else:
+            biases = self.embed(labels)[:, :, None, None].chunk(len(self.blocks) + 1, dim=1)  # each (B, h, 1, 1)
+            feats = feats + biases[0]
+            for block, bias in zip(self.blocks, biases[1:]):
+                feats = block(feats) + bias
+        out = self.head(feats)
         # Head channels are grouped by image channel: (B, C * levels, H, W) -> (B, C, levels, H, W).
         out = out.view(b, c, self.config.levels, hgt, wid)
         return out.transpose(1, 2)  # (B, levels, C, H, W)
@@ -91,4 +102,6 @@ def build_model(config: ModelConfig) -> nn.Module:
     """The one constructor every command uses."""
     if config.arch == "pixelcnn":
         return PixelCNN(config)
+    if config.arch == "gated":
+        return GatedPixelCNN(config)
     raise ValueError(f"unknown arch {config.arch!r}")

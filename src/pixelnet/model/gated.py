@@ -1,0 +1,114 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+
+Two stacks remove the plain PixelCNN's blind spot:
+
+- the vertical stack sees every pixel in the rows above: its conv has a
+  (k//2 + 1) x k kernel over input rows i - k//2 .. i (padding k//2 on top,
+  left and right, none below).  Its output at row i includes row i itself,
+  so the horizontal stack only ever reads it shifted down by one row
+  (`shift_down`), i.e. at row i it sees rows < i.
+- the horizontal stack sees the current row up to the current pixel: its conv
+  has a 1 x (k//2 + 1) kernel over columns j - k//2 .. j (padding k//2 on the
+  left), with the centre tap masked by colour group, type A in the first
+  layer (a sub-pixel never sees itself) and type B after (see masks.py).
+
+Each stack's conv gives 2p channels, gated as tanh(a) * sigmoid(b); channel o
+of a pairs with channel o of b, so both halves share one colour grouping.
+The horizontal stack has residual connections (after the first layer) and
+every layer contributes a skip connection; the head reads their sum.  With
+`conditional`, a learned embedding of the class label is added to both
+stacks' pre-activations in every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixelnet.model.layers import MaskedConv2d, make_norm, scale_input
+from pixelnet.model.masks import conv_mask
+
+
+def gate(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def shift_down(x: torch.Tensor) -> torch.Tensor:
+    """Row i of the result is row i - 1 of x (zeros in row 0)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def horizontal_mask(*, in_channels: int, channels: int, kernel_size: int, mask_type: str, groups: int) -> torch.Tensor:
+    """(2p, Cin, 1, k//2 + 1): the centre row of a k x k mask, up to the centre; both gate halves alike."""
+    r = kernel_size // 2
+    half = conv_mask(mask_type=mask_type, in_channels=in_channels, out_channels=channels,
+                     kernel_size=kernel_size, groups=groups)[:, :, r:r + 1, : r + 1]
+    return torch.cat([half, half], dim=0)
+
+
+class GatedLayer(nn.Module):
+    """One layer of both stacks: (v, h) -> (v', h', skip)."""
+
+    def __init__(self, in_channels: int, channels: int, *, kernel_size: int, mask_type: str, groups: int,
+                 norm: str, n_classes: int) -> None:
+        super().__init__()
+        r, p = kernel_size // 2, channels
+        self.kernel_size = kernel_size
+        self.residual = mask_type == "B"
+        self.vertical = nn.Conv2d(in_channels, 2 * p, (r + 1, kernel_size))
+        self.horizontal = nn.Conv2d(in_channels, 2 * p, (1, r + 1))
+        self.register_buffer("h_mask", horizontal_mask(in_channels=in_channels, channels=p, kernel_size=kernel_size,
+                                                       mask_type=mask_type, groups=groups), persistent=False)
+        self.v_to_h = nn.Conv2d(2 * p, 2 * p, 1)
+        self.h_out = MaskedConv2d(p, p, kernel_size=1, mask_type="B", groups=groups)
+        self.norm = make_norm(norm, p)
+        self.skip = MaskedConv2d(p, p, kernel_size=1, mask_type="B", groups=groups)
+        self.embed = nn.Embedding(n_classes, 4 * p) if n_classes else None
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor | None = None):
+        r = self.kernel_size // 2
+        v_pre = self.vertical(F.pad(v, (r, r, r, 0)))  # (B, 2p, H, W), row i sees rows i - r .. i
+        h_pre = F.conv2d(F.pad(h, (r, 0, 0, 0)), self.horizontal.weight * self.h_mask, self.horizontal.bias)
+        h_pre = h_pre + self.v_to_h(shift_down(v_pre))  # the vertical stack, rows < i only
+        if self.embed is not None:
+            cond_v, cond_h = self.embed(labels)[:, :, None, None].chunk(2, dim=1)
+            v_pre, h_pre = v_pre + cond_v, h_pre + cond_h
+        h_gated = gate(h_pre)
+        skip = self.skip(h_gated)
+        h_new = self.norm(self.h_out(h_gated))
+        return gate(v_pre), (h + h_new if self.residual else h_new), skip
+
+
+class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN: 1 + blocks gated layers, skip connections summed into a 1x1 head."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        c, p, g = config.image_channels, config.channels, config.image_channels
+        n_classes = config.n_classes if config.conditional else 0
+        self.layers = nn.ModuleList(
+            [GatedLayer(c, p, kernel_size=config.first_kernel, mask_type="A", groups=g, norm=config.norm,
+                        n_classes=n_classes)]
+            + [GatedLayer(p, p, kernel_size=config.kernel, mask_type="B", groups=g, norm=config.norm,
+                          n_classes=n_classes) for _ in range(config.blocks)]
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            MaskedConv2d(p, p, kernel_size=1, mask_type="B", groups=g),
+            nn.ReLU(),
+            MaskedConv2d(p, c * config.levels, kernel_size=1, mask_type="B", groups=g),
+        )
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) integer levels -> logits (B, levels, C, H, W)."""
+        b, c, hgt, wid = x.shape
+        v = h = scale_input(x, self.config.levels)
+        skip = 0
+        for layer in self.layers:
+            v, h, s = layer(v, h, labels)
+            skip = skip + s
+        out = self.head(skip).view(b, c, self.config.levels, hgt, wid)  # grouped by image channel
+        return out.transpose(1, 2)  # (B, levels, C, H, W)
