@@ -93,12 +93,14 @@ def sample(
     model: Annotated[Path, typer.Option(help="checkpoint to sample from")],
     out: Annotated[Path, typer.Option(help="directory for samples.npy, grid.png and sample.json")],
     params: ParamsOpt = Path("params.yaml"),
+    method: Annotated[str | None, typer.Option(help="override sample.method: fast (cached) or naive; same images")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Generate sample.n images pixel by pixel (params: sample)."""
     from pixelnet import stages
 
-    _report(stages.sample(_params(params, set_).sample, model_path=model, out_dir=out))
+    overrides = list(set_ or []) + ([f"sample.method={method}"] if method else [])
+    _report(stages.sample(_params(params, overrides).sample, model_path=model, out_dir=out))
 
 
 @app.command()

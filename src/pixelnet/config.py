@@ -66,7 +66,7 @@ class SampleConfig:
     n: int = 64
     temperature: float = 1.0
     seed: int = 0
-    method: Literal["naive"] = "naive"
+    method: Literal["fast", "naive"] = "fast"  # fast: cached, exact, same images as naive
 
     def __post_init__(self) -> None:
         s = self.SECTION

@@ -25,6 +25,7 @@ from pixelnet.data.rawformat import write_raw
 from pixelnet.data.sources import load_source
 from pixelnet.errors import PixelNetError
 from pixelnet.evaluation import image_grid, plot_loss_curves, side_by_side, test_nll
+from pixelnet.fast_sampling import sample_fast, supports
 from pixelnet.model import build_model
 from pixelnet.sampling import sample_naive, sampling_noise
 from pixelnet.training import EpochRecord, fit, select_device
@@ -103,9 +104,12 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
 def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:
     """Draw cfg.n images; write samples.npy (uint8 levels, (N, C, H, W)), grid.png and sample.json."""
     model, mcfg = load_model(model_path, device=select_device(device))
+    if cfg.method == "fast" and not supports(model):
+        raise PixelNetError(f"sample.method fast has no cached form for model.arch {mcfg.arch}: set sample.method=naive")
+    sampler = {"fast": sample_fast, "naive": sample_naive}[cfg.method]
     noise = sampling_noise(cfg.n, mcfg.image_channels, mcfg.height, mcfg.width, seed=cfg.seed)
     t0 = time.perf_counter()
-    images = sample_naive(
+    images = sampler(
         model, noise, temperature=cfg.temperature,
         progress=lambda rows: tqdm(rows, desc=f"sample {cfg.n} ({cfg.method})", unit="row"),
     )

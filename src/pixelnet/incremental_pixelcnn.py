@@ -1,0 +1,207 @@
+"""Exact one-position-at-a-time evaluation of `PixelCNN`, for the fast sampler.
+
+Every layer of the PixelCNN is either position-wise (1x1 convs, ReLU,
+BatchNorm in eval mode, residual adds) or a masked k x k conv whose mask
+excludes later positions.  So the logits of sub-pixel (i, j, c) need, from
+each k x k layer, only its input at rows i - p .. i (p = k // 2), and those
+inputs at earlier positions never change once computed (Ramachandran et al.
+2017).  `PixelCNNIncremental` keeps each k x k layer's input in a cache and
+computes only position (i, j) through the network at each step:
+
+- the masked taps in the p rows above are the same for the whole row, so
+  `begin_row` computes them for every column of row i in one conv per layer;
+- per step, each k x k layer adds the centre-row taps (columns j - p .. j,
+  a view of its cache) with one matmul, and 1x1 layers are one matmul each.
+
+Colour: within a pixel R, G, B are drawn in turn, and the masks let feature
+group g see image channels < g (first layer) or feature groups <= g (later
+layers) at the centre.  Step g therefore computes only group g's features
+of every layer; groups < g at (i, j) were final after step g - 1, and
+groups > g hold stale values that the masks multiply by zero.  A colour
+pixel costs what a grayscale one does.
+
+BatchNorm (eval) is folded into the conv before it, in float64; the logits
+then agree with the model's forward pass to float32 rounding.  A conditional
+model's per-class biases are added to the input conv's row taps and to each
+block's last bias, per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixelnet.model import PixelCNN, scale_input
+from pixelnet.model.layers import MaskedConv2d
+from pixelnet.model.masks import channel_group
+
+
+@dataclass(frozen=True)
+class PreparedConv:
+    """A masked conv with the BatchNorm after it folded in, laid out for one-position use.
+
+    Caches are channels-last and padded by p on the top, left and right:
+    (N, H + p, W + 2 p, Cin), so original (i, j) sits at cache (i + p, j + p)
+    and the centre-row window, columns j - p .. j, is cache[:, i + p, j:j + p + 1].
+    """
+
+    weight: torch.Tensor  # (Cout, Cin, k, k), masked and folded: for prefill and `above`
+    bias: torch.Tensor  # (Cout,)
+    centre: tuple[torch.Tensor, ...]  # per group: ((p + 1) * Cin, Cout_g), rows ordered (column, Cin)
+    centre_bias: tuple[torch.Tensor, ...]  # per group: (Cout_g,)
+    slices: tuple[slice, ...]  # per group: its output channels
+
+    @property
+    def p(self) -> int:
+        return self.weight.shape[-1] // 2
+
+    def above(self, cache: torch.Tensor, i: int) -> torch.Tensor:
+        """Bias plus the taps in the p rows above row i, for every column: (N, W, Cout)."""
+        if self.p == 0:  # a 1x1 conv has no rows above
+            return self.bias.expand(cache.shape[0], cache.shape[2], -1)
+        rows = cache[:, i:i + self.p].permute(0, 3, 1, 2)  # (N, Cin, p, W + 2p), original rows i-p .. i-1
+        out = F.conv2d(rows, self.weight[:, :, :self.p], self.bias)  # (N, Cout, 1, W)
+        return out[:, :, 0].transpose(1, 2).contiguous()  # (N, W, Cout)
+
+
+def _fold(conv: MaskedConv2d, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked weight and bias of conv followed by norm (eval BatchNorm or Identity), in float64."""
+    w = conv.masked_weight().double()
+    b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+        w = w * scale[:, None, None, None]
+        b = (b - norm.running_mean.double()) * scale + norm.bias.double()
+    elif norm is not None and not isinstance(norm, nn.Identity):
+        raise ValueError(f"cannot fold {type(norm).__name__} into a conv for incremental sampling")
+    return w, b
+
+
+def prepare(conv: MaskedConv2d, norm: nn.Module | None, *, groups: int, dtype: torch.dtype) -> PreparedConv:
+    w, b = _fold(conv, norm)
+    c_out, c_in, k, _ = w.shape
+    p = k // 2
+    # Centre row, columns 0 .. p of the kernel: (Cout, Cin, p + 1) -> ((p + 1) * Cin, Cout), rows (column, Cin).
+    centre = w[:, :, p, :p + 1].permute(2, 1, 0).reshape((p + 1) * c_in, c_out)
+    owner = [channel_group(o, c_out, groups) for o in range(c_out)]
+    slices = tuple(slice(owner.index(g), len(owner) - owner[::-1].index(g)) for g in range(groups))
+    return PreparedConv(
+        weight=w.to(dtype),
+        bias=b.to(dtype),
+        centre=tuple(centre[:, s].to(dtype).contiguous() for s in slices),
+        centre_bias=tuple(b[s].to(dtype) for s in slices),
+        slices=slices,
+    )
+
+
+class PixelCNNIncremental:
+    """Per-layer caches and a one-position step for a `PixelCNN` in eval mode, batch size n."""
+
+    def __init__(self, model: PixelCNN, n: int, labels: torch.Tensor | None = None) -> None:
+        if model.training:
+            raise ValueError("put the model in eval mode (model.eval()) before sampling")
+        if model.embed is not None and labels is None:
+            raise ValueError("a conditional model needs labels (N,) to sample")
+        cfg = model.config
+        self.levels, self.groups = cfg.levels, cfg.image_channels
+        self.n, self.height, self.width = n, cfg.height, cfg.width
+        weight = model.input_conv.weight
+        device, dtype = weight.device, weight.dtype
+
+        def prep(conv: MaskedConv2d, norm: nn.Module | None = None) -> PreparedConv:
+            return prepare(conv, norm, groups=self.groups, dtype=dtype)
+
+        self.input_conv = prep(model.input_conv)
+        # Each block body is [ReLU, 1x1, norm, ReLU, k x k, norm, ReLU, 1x1, norm] (layers.ResidualBlock).
+        self.blocks = [(prep(b.body[1], b.body[2]), prep(b.body[4], b.body[5]), prep(b.body[7], b.body[8]))
+                       for b in model.blocks]
+        self.head = (prep(model.head[1]), prep(model.head[3]))
+        # Per-class biases, (N, h) each: after the input conv, then after each block (model.forward).
+        self.class_bias: list[torch.Tensor | float] = [0.0] * (len(self.blocks) + 1)
+        if model.embed is not None:
+            self.class_bias = list(model.embed(labels.to(device)).to(dtype).chunk(len(self.blocks) + 1, dim=1))
+        # Each block's last bias per group, plus the class bias that follows the block: (N or 1, Cout_g).
+        self.block_bias = [[last.centre_bias[g] + self._group(cb, s) for g, s in enumerate(last.slices)]
+                           for (_, _, last), cb in zip(self.blocks, self.class_bias[1:])]
+
+        def cache(conv: PreparedConv) -> torch.Tensor:
+            c_in = conv.weight.shape[1]
+            return torch.zeros(n, self.height + conv.p, self.width + 2 * conv.p, c_in, device=device, dtype=dtype)
+
+        self.image_cache = cache(self.input_conv)  # scaled input levels
+        self.caches = [cache(mid) for _, mid, _ in self.blocks]  # input of each block's k x k conv
+        self.above: list[torch.Tensor] = []
+        # Activations at the current pixel, all groups: the residual stream entering each block
+        # and the head, each block's k x k output, the head's hidden layer.
+        h = cfg.channels
+        self.stream = [torch.zeros(n, h, device=device, dtype=dtype) for _ in range(len(self.blocks) + 1)]
+        self.mid_out = [torch.zeros(n, h // 2, device=device, dtype=dtype) for _ in self.blocks]
+        self.hidden = torch.zeros(n, h, device=device, dtype=dtype)
+
+    def prefill(self, x: torch.Tensor) -> None:
+        """Fill the caches from given top rows x (N, C, R, W) of levels, R >= 0, with full convs.
+
+        Activations in rows < R depend only on rows < R (the masks), so the
+        zero padding below row R - 1 changes none of them.
+        """
+        r = x.shape[2]
+        if r == 0:
+            return
+        xs = scale_input(x, self.levels)  # (N, C, R, W)
+        self._put_rows(self.image_cache, self.input_conv.p, xs)
+        stream = self._conv(self.input_conv, xs) + self._rows(self.class_bias[0])
+        for (first, mid, last), cache, cb in zip(self.blocks, self.caches, self.class_bias[1:]):
+            a = self._conv(first, F.relu(stream)).relu_()
+            self._put_rows(cache, mid.p, a)
+            stream = stream + self._conv(last, self._conv(mid, a).relu_()) + self._rows(cb)
+
+    @staticmethod
+    def _group(bias: torch.Tensor | float, s: slice) -> torch.Tensor | float:
+        return bias[:, s] if isinstance(bias, torch.Tensor) else bias
+
+    @staticmethod
+    def _rows(bias: torch.Tensor | float) -> torch.Tensor | float:
+        # (N, C) -> (N, C, 1, 1), to add to activations (N, C, R, W).
+        return bias[:, :, None, None] if isinstance(bias, torch.Tensor) else bias
+
+    @staticmethod
+    def _conv(conv: PreparedConv, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, conv.weight, conv.bias, padding=conv.p)
+
+    @staticmethod
+    def _put_rows(cache: torch.Tensor, p: int, x: torch.Tensor) -> None:
+        # x (N, C, R, W) -> cache rows p .. p + R - 1, columns p .. p + W - 1, channels-last.
+        cache[:, p:p + x.shape[2], p:p + x.shape[3]] = x.permute(0, 2, 3, 1)
+
+    def begin_row(self, i: int) -> None:
+        """Rows < i are final: compute every k x k layer's taps from the rows above, for all of row i."""
+        cb = self.class_bias[0]
+        self.above = [self.input_conv.above(self.image_cache, i) + (cb[:, None, :] if isinstance(cb, torch.Tensor) else 0.0)]
+        self.above += [mid.above(cache, i) for (_, mid, _), cache in zip(self.blocks, self.caches)]
+
+    def logits(self, i: int, j: int, g: int) -> torch.Tensor:
+        """Logits (N, levels) of sub-pixel (i, j, g); needs begin_row(i) and every earlier write."""
+        conv = self.input_conv
+        s = conv.slices[g]
+        window = self.image_cache[:, i + conv.p, j:j + conv.p + 1].reshape(self.n, -1)  # (N, (p+1) * C)
+        self.stream[0][:, s] = torch.addmm(self.above[0][:, j, s], window, conv.centre[g])
+        for b, ((first, mid, last), cache) in enumerate(zip(self.blocks, self.caches)):
+            s_half, s = first.slices[g], last.slices[g]
+            stream = self.stream[b]
+            cache[:, i + mid.p, j + mid.p, s_half] = torch.addmm(
+                first.centre_bias[g], F.relu(stream), first.centre[g]).relu_()
+            window = cache[:, i + mid.p, j:j + mid.p + 1].reshape(self.n, -1)  # (N, (p+1) * h/2)
+            self.mid_out[b][:, s_half] = torch.addmm(self.above[b + 1][:, j, s_half], window, mid.centre[g]).relu_()
+            self.stream[b + 1][:, s] = torch.addmm(stream[:, s], self.mid_out[b], last.centre[g]).add_(self.block_bias[b][g])
+        first, last = self.head
+        self.hidden[:, first.slices[g]] = torch.addmm(
+            first.centre_bias[g], F.relu(self.stream[-1]), first.centre[g]).relu_()
+        return torch.addmm(last.centre_bias[g], self.hidden, last.centre[g])  # (N, levels)
+
+    def write(self, i: int, j: int, g: int, value: torch.Tensor) -> None:
+        """Sub-pixel (i, j, g) is now `value` (N,) levels."""
+        p = self.input_conv.p
+        self.image_cache[:, i + p, j + p, g] = scale_input(value, self.levels)
