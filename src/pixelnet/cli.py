@@ -104,6 +104,20 @@ def sample(
 
 
 @app.command()
+def complete(
+    model: Annotated[Path, typer.Option(help="checkpoint to sample from")],
+    data: Annotated[Path, typer.Option(help="preprocessed data directory (its test split is completed)")],
+    out: Annotated[Path, typer.Option(help="directory for completions.npy, completions.png and complete.json")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Keep the top complete.rows rows of test images and sample the rest (params: complete)."""
+    from pixelnet import stages
+
+    _report(stages.complete(_params(params, set_).complete, model_path=model, data_dir=data, out_dir=out))
+
+
+@app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="checkpoint to evaluate")],
     data: Annotated[Path, typer.Option(help="preprocessed data directory (its test split is used)")],

@@ -75,6 +75,24 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class CompleteConfig:
+    SECTION: ClassVar[str] = "complete"
+
+    rows: int = 14  # top rows of each test image kept; the rest are sampled
+    images: int = 8  # test images completed (the first ones of the test split)
+    per_image: int = 4  # completions drawn for each image
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = self.SECTION
+        require(self.rows >= 0, s, "rows", "must be >= 0", self.rows)
+        require(1 <= self.images <= 1000, s, "images", "must be between 1 and 1000", self.images)
+        require(1 <= self.per_image <= 100, s, "per_image", "must be between 1 and 100", self.per_image)
+        require(0.0 < self.temperature <= 10.0, s, "temperature", "must be in (0, 10]", self.temperature)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     SECTION: ClassVar[str] = "evaluate"
 
@@ -93,6 +111,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    complete: CompleteConfig = field(default_factory=CompleteConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
@@ -101,6 +120,7 @@ SECTIONS: dict[str, tuple[type, set[str] | None]] = {
     "model": (ModelConfig, MODEL_PARAM_KEYS),
     "train": (TrainConfig, None),
     "sample": (SampleConfig, None),
+    "complete": (CompleteConfig, None),
     "evaluate": (EvaluateConfig, None),
 }
 

@@ -48,6 +48,20 @@ def image_grid(images: torch.Tensor | np.ndarray, levels: int, *, nrow: int | No
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
 
 
+def completion_grid(images: torch.Tensor | np.ndarray, completions: torch.Tensor | np.ndarray, *,
+                    rows: int, levels: int) -> Image.Image:
+    """One line per image: the original, its top `rows` rows with the rest blanked, then its completions.
+
+    images (N, C, H, W) and completions (N, K, C, H, W), uint8 levels.  The blanked
+    rows show level levels // 2 (mid-gray; white when binarized).
+    """
+    images, completions = np.asarray(images), np.asarray(completions)
+    occluded = images.copy()
+    occluded[:, :, rows:] = levels // 2
+    panel = np.concatenate([images[:, None], occluded[:, None], completions], axis=1)  # (N, K + 2, C, H, W)
+    return image_grid(panel.reshape(-1, *images.shape[1:]), levels, nrow=panel.shape[1])
+
+
 def side_by_side(left: Image.Image, right: Image.Image, *, gap: int = 8) -> Image.Image:
     """Two images next to each other (samples | real), on a gray background."""
     mode = "RGB" if "RGB" in (left.mode, right.mode) else "L"

@@ -9,6 +9,8 @@ about one forward pass in total.
 
 An architecture gets fast sampling by providing an incremental form with
 the `Incremental` methods and an entry in `IMPLEMENTATIONS`.
+
+`complete` keeps the top rows of real images and samples the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from pixelnet.incremental_pixelcnn import PixelCNNIncremental
 from pixelnet.model import PixelCNN
-from pixelnet.sampling import Progress, draw
+from pixelnet.sampling import Progress, draw, sampling_noise
 
 
 class Incremental(Protocol):
@@ -95,3 +97,30 @@ def sample_fast(
                 form.write(i, j, ch, value)
     return x.to(torch.uint8).cpu()
 
+
+def complete(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    rows: int,
+    completions: int,
+    seed: int,
+    temperature: float = 1.0,
+    progress: Progress | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Keep the top `rows` rows of each image (N, C, H, W) and sample the rest, `completions` times.
+
+    `labels` (N,) are the images' classes, for a conditional model.  Returns
+    uint8 levels (N, completions, C, H, W); every completion's top rows equal the image's.
+    """
+    n, c, h, w = images.shape
+    if not 0 <= rows <= h:
+        raise ValueError(f"rows must be in [0, {h}], got {rows}")
+    given = images.repeat_interleave(completions, dim=0)  # (N * completions, C, H, W), image-major
+    if labels is not None:
+        labels = labels.repeat_interleave(completions, dim=0)
+    noise = sampling_noise(n * completions, c, h, w, seed=seed)
+    out = sample_fast(model, noise, temperature=temperature, given=given, start_row=rows, progress=progress,
+                      labels=labels)
+    return out.view(n, completions, c, h, w)

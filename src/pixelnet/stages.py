@@ -18,13 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from pixelnet.checkpoints import load_model, save_checkpoint
-from pixelnet.config import DataConfig, EvaluateConfig, Params, SampleConfig
+from pixelnet.config import CompleteConfig, DataConfig, EvaluateConfig, Params, SampleConfig
 from pixelnet.data.preprocess import preprocess as preprocess_data
 from pixelnet.data.processed import load_split, read_manifest, sha256_file
 from pixelnet.data.rawformat import write_raw
 from pixelnet.data.sources import load_source
 from pixelnet.errors import PixelNetError
-from pixelnet.evaluation import image_grid, plot_loss_curves, side_by_side, test_nll
+from pixelnet.evaluation import completion_grid, image_grid, plot_loss_curves, side_by_side, test_nll
+from pixelnet.fast_sampling import complete as complete_images
 from pixelnet.fast_sampling import sample_fast, supports
 from pixelnet.model import build_model
 from pixelnet.sampling import sample_naive, sampling_noise
@@ -120,6 +121,39 @@ def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = 
     info = {"n": cfg.n, "method": cfg.method, "temperature": cfg.temperature, "seed": cfg.seed,
             "levels": mcfg.levels, "sample_seconds": seconds}
     write_json(out_dir / "sample.json", info)
+    return info
+
+
+def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: Path, device: str = "auto") -> dict:
+    """Complete the first cfg.images test images from their top cfg.rows rows, cfg.per_image times each.
+
+    Writes completions.npy (uint8 levels, (N, K, C, H, W)), completions.png
+    (original | top rows only | completions, one line per image) and complete.json.
+    """
+    model, mcfg = load_model(model_path, device=select_device(device))
+    if not supports(model):
+        raise PixelNetError(f"completion uses the fast sampler, which has no cached form for model.arch {mcfg.arch}")
+    manifest = read_manifest(data_dir)
+    if manifest["levels"] != mcfg.levels or list(manifest["shape"]) != [mcfg.image_channels, mcfg.height, mcfg.width]:
+        raise PixelNetError(f"model {model_path} was trained on different data than {data_dir}: train again")
+    if cfg.rows >= mcfg.height:
+        raise PixelNetError(f"complete.rows={cfg.rows} keeps all {mcfg.height} rows, leaving nothing to sample: "
+                            f"choose fewer than {mcfg.height}")
+    test = load_split(data_dir, "test", manifest)
+    images, labels = test.images[: cfg.images], test.labels[: cfg.images]
+    t0 = time.perf_counter()
+    completions = complete_images(
+        model, images, rows=cfg.rows, completions=cfg.per_image, seed=cfg.seed, temperature=cfg.temperature,
+        labels=labels if mcfg.conditional else None,
+        progress=lambda rows: tqdm(rows, desc=f"complete {len(images)}x{cfg.per_image}", unit="row"),
+    )
+    seconds = time.perf_counter() - t0
+    _mkdir(out_dir)
+    np.save(out_dir / "completions.npy", completions.numpy())
+    completion_grid(images, completions, rows=cfg.rows, levels=mcfg.levels).save(out_dir / "completions.png")
+    info = {"images": len(images), "per_image": cfg.per_image, "rows": cfg.rows, "temperature": cfg.temperature,
+            "seed": cfg.seed, "levels": mcfg.levels, "complete_seconds": seconds}
+    write_json(out_dir / "complete.json", info)
     return info
 
 
