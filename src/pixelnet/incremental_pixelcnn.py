@@ -59,12 +59,12 @@ class PreparedConv:
         return self.weight.shape[-1] // 2
 
     def above(self, cache: torch.Tensor, i: int) -> torch.Tensor:
-        """Bias plus the taps in the p rows above row i, for every column: (N, W, Cout)."""
+        """Bias plus the taps in the p rows above row i, for every column, column first: (W, N, Cout)."""
         if self.p == 0:  # a 1x1 conv has no rows above
-            return self.bias.expand(cache.shape[0], cache.shape[2], -1)
+            return self.bias.expand(cache.shape[2], cache.shape[0], -1).contiguous()
         rows = cache[:, i:i + self.p].permute(0, 3, 1, 2)  # (N, Cin, p, W + 2p), original rows i-p .. i-1
         out = F.conv2d(rows, self.weight[:, :, :self.p], self.bias)  # (N, Cout, 1, W)
-        return out[:, :, 0].transpose(1, 2).contiguous()  # (N, W, Cout)
+        return out[:, :, 0].permute(2, 0, 1).contiguous()  # (W, N, Cout)
 
 
 def _fold(conv: MaskedConv2d, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +98,12 @@ def prepare(conv: MaskedConv2d, norm: nn.Module | None, *, groups: int, dtype: t
 
 
 class PixelCNNIncremental:
-    """Per-layer caches and a one-position step for a `PixelCNN` in eval mode, batch size n."""
+    """Per-layer caches and a one-position step for a `PixelCNN` in eval mode, batch size n.
+
+    Per-step overhead is what limits small batches, so each step only
+    indexes views made once (per run or per row) and writes matmul results
+    straight into the caches and buffers (`out=`).
+    """
 
     def __init__(self, model: PixelCNN, n: int, labels: torch.Tensor | None = None) -> None:
         if model.training:
@@ -119,13 +124,11 @@ class PixelCNNIncremental:
         self.blocks = [(prep(b.body[1], b.body[2]), prep(b.body[4], b.body[5]), prep(b.body[7], b.body[8]))
                        for b in model.blocks]
         self.head = (prep(model.head[1]), prep(model.head[3]))
-        # Per-class biases, (N, h) each: after the input conv, then after each block (model.forward).
-        self.class_bias: list[torch.Tensor | float] = [0.0] * (len(self.blocks) + 1)
+        # Per-class biases, (N, h) each, after the input conv and after each block (model.forward); 0 if unconditional.
+        n_stages = len(self.blocks) + 1
+        self.class_bias = [torch.zeros(1, cfg.channels, device=device, dtype=dtype)] * n_stages
         if model.embed is not None:
-            self.class_bias = list(model.embed(labels.to(device)).to(dtype).chunk(len(self.blocks) + 1, dim=1))
-        # Each block's last bias per group, plus the class bias that follows the block: (N or 1, Cout_g).
-        self.block_bias = [[last.centre_bias[g] + self._group(cb, s) for g, s in enumerate(last.slices)]
-                           for (_, _, last), cb in zip(self.blocks, self.class_bias[1:])]
+            self.class_bias = list(model.embed(labels.to(device)).to(dtype).chunk(n_stages, dim=1))
 
         def cache(conv: PreparedConv) -> torch.Tensor:
             c_in = conv.weight.shape[1]
@@ -133,13 +136,30 @@ class PixelCNNIncremental:
 
         self.image_cache = cache(self.input_conv)  # scaled input levels
         self.caches = [cache(mid) for _, mid, _ in self.blocks]  # input of each block's k x k conv
-        self.above: list[torch.Tensor] = []
         # Activations at the current pixel, all groups: the residual stream entering each block
         # and the head, each block's k x k output, the head's hidden layer.
         h = cfg.channels
-        self.stream = [torch.zeros(n, h, device=device, dtype=dtype) for _ in range(len(self.blocks) + 1)]
+        self.stream = [torch.zeros(n, h, device=device, dtype=dtype) for _ in range(n_stages)]
         self.mid_out = [torch.zeros(n, h // 2, device=device, dtype=dtype) for _ in self.blocks]
         self.hidden = torch.zeros(n, h, device=device, dtype=dtype)
+        self.row: list[list[tuple[torch.Tensor, ...]]] = []  # per group, per k x k layer: views for row i (begin_row)
+        self.plan = [self._plan(g) for g in range(self.groups)]
+
+    def _plan(self, g: int) -> list[tuple]:
+        """Group g's step as (weights, biases and output views) per block; see `logits`."""
+        def out(buf: torch.Tensor, conv: PreparedConv) -> torch.Tensor:
+            return buf[:, conv.slices[g]]
+
+        plan = [(self.input_conv.centre[g], out(self.stream[0], self.input_conv))]
+        for b, (first, mid, last) in enumerate(self.blocks):
+            block_bias = last.centre_bias[g] + self.class_bias[b + 1][:, last.slices[g]]  # (N or 1, Cout_g)
+            plan.append((self.stream[b], first.centre[g], first.centre_bias[g], mid.centre[g],
+                         out(self.mid_out[b], mid), self.mid_out[b], out(self.stream[b], last), last.centre[g],
+                         block_bias, out(self.stream[b + 1], last)))
+        first, last = self.head
+        plan.append((self.stream[-1], first.centre[g], first.centre_bias[g], out(self.hidden, first),
+                     self.hidden, last.centre[g], last.centre_bias[g]))
+        return plan
 
     def prefill(self, x: torch.Tensor) -> None:
         """Fill the caches from given top rows x (N, C, R, W) of levels, R >= 0, with full convs.
@@ -147,25 +167,15 @@ class PixelCNNIncremental:
         Activations in rows < R depend only on rows < R (the masks), so the
         zero padding below row R - 1 changes none of them.
         """
-        r = x.shape[2]
-        if r == 0:
+        if x.shape[2] == 0:
             return
         xs = scale_input(x, self.levels)  # (N, C, R, W)
         self._put_rows(self.image_cache, self.input_conv.p, xs)
-        stream = self._conv(self.input_conv, xs) + self._rows(self.class_bias[0])
+        stream = self._conv(self.input_conv, xs) + self.class_bias[0][:, :, None, None]
         for (first, mid, last), cache, cb in zip(self.blocks, self.caches, self.class_bias[1:]):
             a = self._conv(first, F.relu(stream)).relu_()
             self._put_rows(cache, mid.p, a)
-            stream = stream + self._conv(last, self._conv(mid, a).relu_()) + self._rows(cb)
-
-    @staticmethod
-    def _group(bias: torch.Tensor | float, s: slice) -> torch.Tensor | float:
-        return bias[:, s] if isinstance(bias, torch.Tensor) else bias
-
-    @staticmethod
-    def _rows(bias: torch.Tensor | float) -> torch.Tensor | float:
-        # (N, C) -> (N, C, 1, 1), to add to activations (N, C, R, W).
-        return bias[:, :, None, None] if isinstance(bias, torch.Tensor) else bias
+            stream = stream + self._conv(last, self._conv(mid, a).relu_()) + cb[:, :, None, None]
 
     @staticmethod
     def _conv(conv: PreparedConv, x: torch.Tensor) -> torch.Tensor:
@@ -176,30 +186,46 @@ class PixelCNNIncremental:
         # x (N, C, R, W) -> cache rows p .. p + R - 1, columns p .. p + W - 1, channels-last.
         cache[:, p:p + x.shape[2], p:p + x.shape[3]] = x.permute(0, 2, 3, 1)
 
+    def _row_views(self, conv: PreparedConv, cache: torch.Tensor, i: int, above: torch.Tensor):
+        """Views of row i indexed by column first, (W, N, ...), so that a step takes view[j]."""
+        n, hc, wc, c_in = cache.shape
+        p, w = conv.p, self.width
+        # The centre-row window of column j is cache[:, i + p, j:j + p + 1]: (p + 1) * Cin contiguous floats.
+        windows = cache.as_strided((w, n, (p + 1) * c_in), (c_in, hc * wc * c_in, 1),
+                                   cache.storage_offset() + (i + p) * wc * c_in)
+        slot = cache[:, i + p, p:p + w].transpose(0, 1)  # (W, N, Cin): where position (i, j) is written
+        return [(above[:, :, s], windows, slot[:, :, s]) for s in conv.slices]
+
     def begin_row(self, i: int) -> None:
         """Rows < i are final: compute every k x k layer's taps from the rows above, for all of row i."""
-        cb = self.class_bias[0]
-        self.above = [self.input_conv.above(self.image_cache, i) + (cb[:, None, :] if isinstance(cb, torch.Tensor) else 0.0)]
-        self.above += [mid.above(cache, i) for (_, mid, _), cache in zip(self.blocks, self.caches)]
+        convs = [self.input_conv] + [mid for _, mid, _ in self.blocks]
+        caches = [self.image_cache] + self.caches
+        above = [conv.above(cache, i) for conv, cache in zip(convs, caches)]  # each (W, N, Cout)
+        above[0] += self.class_bias[0]
+        # self.row[g][l]: (above, windows, ...) of k x k layer l for group g.
+        per_layer = [self._row_views(conv, cache, i, a) for conv, cache, a in zip(convs, caches, above)]
+        self.row = [[views[g] for views in per_layer] for g in range(self.groups)]
 
     def logits(self, i: int, j: int, g: int) -> torch.Tensor:
-        """Logits (N, levels) of sub-pixel (i, j, g); needs begin_row(i) and every earlier write."""
-        conv = self.input_conv
-        s = conv.slices[g]
-        window = self.image_cache[:, i + conv.p, j:j + conv.p + 1].reshape(self.n, -1)  # (N, (p+1) * C)
-        self.stream[0][:, s] = torch.addmm(self.above[0][:, j, s], window, conv.centre[g])
-        for b, ((first, mid, last), cache) in enumerate(zip(self.blocks, self.caches)):
-            s_half, s = first.slices[g], last.slices[g]
-            stream = self.stream[b]
-            cache[:, i + mid.p, j + mid.p, s_half] = torch.addmm(
-                first.centre_bias[g], F.relu(stream), first.centre[g]).relu_()
-            window = cache[:, i + mid.p, j:j + mid.p + 1].reshape(self.n, -1)  # (N, (p+1) * h/2)
-            self.mid_out[b][:, s_half] = torch.addmm(self.above[b + 1][:, j, s_half], window, mid.centre[g]).relu_()
-            self.stream[b + 1][:, s] = torch.addmm(stream[:, s], self.mid_out[b], last.centre[g]).add_(self.block_bias[b][g])
-        first, last = self.head
-        self.hidden[:, first.slices[g]] = torch.addmm(
-            first.centre_bias[g], F.relu(self.stream[-1]), first.centre[g]).relu_()
-        return torch.addmm(last.centre_bias[g], self.hidden, last.centre[g])  # (N, levels)
+        """Logits (N, levels) of sub-pixel (i, j, g); needs begin_row(i) and every earlier write.
+
+        Computes group g's features of every layer at (i, j).  `out=` views
+        write into the buffers' group-g columns, or into the k x k layer's cache.
+        """
+        addmm, relu = torch.addmm, F.relu
+        row, plan = self.row[g], self.plan[g]
+        centre, stream_out = plan[0]
+        above, windows, _ = row[0]
+        addmm(above[j], windows[j], centre, out=stream_out)
+        for (above, windows, slot), step in zip(row[1:], plan[1:-1]):
+            stream, w1, b1, w2, mid_out, mid_all, stream_in, w3, b3, stream_next = step
+            a = slot[j]  # this block's k x k input at (i, j), in its cache
+            addmm(b1, relu(stream), w1, out=a).relu_()
+            addmm(above[j], windows[j], w2, out=mid_out).relu_()
+            addmm(stream_in, mid_all, w3, out=stream_next).add_(b3)
+        stream, w1, b1, hidden_out, hidden, w2, b2 = plan[-1]
+        addmm(b1, relu(stream), w1, out=hidden_out).relu_()
+        return addmm(b2, hidden, w2)  # (N, levels)
 
     def write(self, i: int, j: int, g: int, value: torch.Tensor) -> None:
         """Sub-pixel (i, j, g) is now `value` (N,) levels."""
