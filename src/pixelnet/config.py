@@ -8,6 +8,7 @@ a `ConfigError` naming `section.key`.  Each stage then uses its own sections.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -19,6 +20,18 @@ from pixelnet.model import MODEL_PARAM_KEYS, ModelConfig
 from pixelnet.schema import from_mapping, require
 
 Dataset = Literal["mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"]
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-05 (no dot), as `dvc exp run -S train.lr=0.00001` writes it, as a string: read a number."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         out.setdefault(section, {})
         if not isinstance(out[section], dict):
             raise ConfigError(f"params section {section} must be a mapping")
-        out[section][name] = yaml.safe_load(value)
+        out[section][name] = read_yaml(value)
     return out
 
 
@@ -158,7 +171,7 @@ def load_params(path: Path, overrides: list[str] = ()) -> Params:
     """Read and check the whole params file (plus overrides) once."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise PixelNetError(f"params file {path} not found: pass --params with the path to params.yaml") from None
     except yaml.YAMLError as e:

@@ -8,6 +8,8 @@ returns the metrics it wrote.  The CLI commands are thin wrappers over these.
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +47,22 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def make_deterministic(seed: int) -> None:
+    """Seed every RNG and use deterministic kernels, so that a seeded run repeats bit for bit.
+
+    The pipeline's reproducibility check relies on it: the same params give the
+    same checkpoint hash in a fresh copy.  The data path is already single-threaded
+    (one tensor, slices of a seeded permutation); on CUDA, cuBLAS needs the workspace
+    setting below before its first use.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def download(cfg: DataConfig, *, out_dir: Path, cache_dir: Path) -> dict:
     """data/raw/<dataset>/ from the configured source."""
     raw = load_source(cfg.dataset, cache_dir=cache_dir, folder=cfg.folder)
@@ -59,6 +77,7 @@ def preprocess(cfg: DataConfig, *, raw_dir: Path, out_dir: Path) -> dict:
 
 def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path) -> dict:
     """Train the configured model on data_dir's train split; write the checkpoint and reports."""
+    make_deterministic(params.train.seed)  # before the model is built: its initial weights are drawn too
     manifest = read_manifest(data_dir)
     train_split, val_split = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
     c, h, w = manifest["shape"]
