@@ -5,6 +5,9 @@ section.key=value` overrides) and calls the matching function in
 `pixelnet.stages`.  User-fixable errors print one line naming the cause and
 the fix, and exit with status 2; `--debug` (or PIXELNET_DEBUG=1) shows the
 traceback instead.
+
+MLflow is used only when asked for (`train --mlflow`, `--mlflow-run FILE` on the
+later stages, as dvc.yaml does); then `pixelnet.tracking` wraps the stage.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +32,8 @@ app = typer.Typer(
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml with the data/model/train/sample/evaluate sections")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a parameter: section.key=value (repeatable)")]
+MlflowRunOpt = Annotated[Path | None, typer.Option(
+    "--mlflow-run", help="log into the MLflow run named by this run file, written by the stage before (as dvc.yaml does)")]
 
 
 def _params(path: Path, overrides: list[str] | None):
@@ -36,6 +44,31 @@ def _params(path: Path, overrides: list[str] | None):
 
 def _report(result: dict) -> None:
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@contextmanager
+def _model_file(model: str) -> Iterator[Path]:
+    """A checkpoint path as given, or a registry URI (models:/pixelnet@champion) downloaded for the command."""
+    if not model.startswith(("models:/", "runs:/")):
+        yield Path(model)
+        return
+    from pixelnet import tracking
+
+    with tempfile.TemporaryDirectory(prefix="pixelnet-model-") as tmp:
+        yield tracking.resolve_model(model, Path(tmp))
+
+
+def _tracked(run_file: Path | None, stage: str, cfg, out: Path, work: Callable[[], dict], *,
+             images: dict[str, str], champion: bool = False) -> dict:
+    """work(), logged into the pipeline's MLflow run when a run file is given."""
+    if run_file is None:
+        return work()
+    from pixelnet import tracking
+    from pixelnet.schema import to_dict
+
+    after = tracking.record_champion(out) if champion else None
+    return tracking.track_stage(stage, run_file=run_file, out_dir=out, params=to_dict(cfg), work=work,
+                                images=images, after=after)
 
 
 @app.callback()
@@ -75,32 +108,67 @@ def preprocess(
 
 
 @app.command()
+def validate(
+    data: Annotated[Path, typer.Option(help="preprocessed data directory to check")],
+    suite: Annotated[Path, typer.Option(help="the expectation suite, e.g. pipeline/expectations.yaml")],
+    out: Annotated[Path, typer.Option(help="directory for summary.json and gx/ (GE results and Data Docs)")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Check the preprocessed tensors with Great Expectations (params: data); fail listing what failed."""
+    from pixelnet.validation import validate as validate_data
+
+    summary = validate_data(_params(params, set_).data, data_dir=data, suite_path=suite, out_dir=out)
+    _report({k: summary[k] for k in ("success", "evaluated", "failed")})
+
+
+@app.command()
 def train(
     data: Annotated[Path, typer.Option(help="preprocessed data directory")],
     model: Annotated[Path, typer.Option(help="checkpoint file to write, e.g. models/model.pt")],
     reports: Annotated[Path, typer.Option(help="directory for metrics.json, steps.csv, epochs.csv")],
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    validation: Annotated[Path | None, typer.Option(
+        help="validation report directory written by `validate`: refuse data that failed or skipped it")] = None,
+    mlflow: Annotated[bool, typer.Option(
+        "--mlflow", help="track the run in MLflow, register the model, write REPORTS/mlflow_run.json")] = False,
 ) -> None:
     """Train the model (params: model, train) and save a checkpoint."""
     from pixelnet import stages
 
-    _report(stages.train(_params(params, set_), data_dir=data, model_path=model, reports_dir=reports))
+    p = _params(params, set_)
+    if validation is not None:
+        from pixelnet.validation import check_validated
+
+        check_validated(validation, data)
+    work = lambda: stages.train(p, data_dir=data, model_path=model, reports_dir=reports)  # noqa: E731
+    if not mlflow:
+        _report(work())
+        return
+    from pixelnet import tracking
+
+    _report(tracking.track_train(p, data_dir=data, reports_dir=reports, model_path=model,
+                                 validation_dir=validation, train=work))
 
 
 @app.command()
 def sample(
-    model: Annotated[Path, typer.Option(help="checkpoint to sample from")],
+    model: Annotated[str, typer.Option(help="checkpoint to sample from, or a registered model: models:/pixelnet@champion")],
     out: Annotated[Path, typer.Option(help="directory for samples.npy, grid.png and sample.json")],
     params: ParamsOpt = Path("params.yaml"),
     method: Annotated[str | None, typer.Option(help="override sample.method: fast (cached) or naive; same images")] = None,
     set_: SetOpt = None,
+    mlflow_run: MlflowRunOpt = None,
 ) -> None:
     """Generate sample.n images pixel by pixel (params: sample)."""
     from pixelnet import stages
 
     overrides = list(set_ or []) + ([f"sample.method={method}"] if method else [])
-    _report(stages.sample(_params(params, overrides).sample, model_path=model, out_dir=out))
+    cfg = _params(params, overrides).sample
+    with _model_file(model) as path:
+        work = lambda: stages.sample(cfg, model_path=path, out_dir=out)  # noqa: E731
+        _report(_tracked(mlflow_run, "sample", cfg, out, work, images={"grid": "grid.png"}))
 
 
 @app.command()
@@ -110,11 +178,14 @@ def complete(
     out: Annotated[Path, typer.Option(help="directory for completions.npy, completions.png and complete.json")],
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    mlflow_run: MlflowRunOpt = None,
 ) -> None:
     """Keep the top complete.rows rows of test images and sample the rest (params: complete)."""
     from pixelnet import stages
 
-    _report(stages.complete(_params(params, set_).complete, model_path=model, data_dir=data, out_dir=out))
+    cfg = _params(params, set_).complete
+    work = lambda: stages.complete(cfg, model_path=model, data_dir=data, out_dir=out)  # noqa: E731
+    _report(_tracked(mlflow_run, "complete", cfg, out, work, images={"completions": "completions.png"}))
 
 
 @app.command()
@@ -126,12 +197,16 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="directory for metrics.json and figures")],
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    mlflow_run: MlflowRunOpt = None,
 ) -> None:
     """Test NLL in bits/dim, loss curves, and samples beside real test images."""
     from pixelnet import stages
 
-    _report(stages.evaluate(_params(params, set_).evaluate, model_path=model, data_dir=data,
-                            samples_path=samples, train_reports=train_reports, out_dir=out))
+    cfg = _params(params, set_).evaluate
+    work = lambda: stages.evaluate(cfg, model_path=model, data_dir=data, samples_path=samples,  # noqa: E731
+                                   train_reports=train_reports, out_dir=out)
+    _report(_tracked(mlflow_run, "evaluate", cfg, out, work, champion=True,
+                     images={"samples_vs_real": "samples_vs_real.png", "loss_curves": "loss_curves.png"}))
 
 
 def main() -> None:
