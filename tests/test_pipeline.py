@@ -1,0 +1,221 @@
+"""The DVC pipeline end to end, in a temporary copy of the repository, on tiny params.
+
+One module-scoped scenario runs the commands a user would (each a subprocess,
+with the copy's own DVC cache and MLflow sqlite database), and the tests check
+what each step did:
+
+1. `dvc repro` runs every stage; a second `dvc repro` runs none.
+2. `dvc exp run -S sample.temperature=0.5`: only sample and evaluate run again.
+3. `pixelnet sample --model models:/pixelnet@champion` loads from the registry.
+4. A real `mlflow server` on loopback serves the runs and the registry.
+
+How `champion` moves between trained versions is tested against a real
+registry, without the pipeline, in test_tracking.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.repro_check import SMALL, make_copy, pipeline_env
+
+TINY = [*SMALL, "train.epochs=2", "train.batch_size=256"]
+STAGES = set(yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"])
+
+
+@dataclass
+class Scenario:
+    repo: Path
+    env: dict
+    server: subprocess.Popen | None = None  # `mlflow server` on the copy's database
+    server_url: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # step -> combined stdout/stderr
+    aliases: dict[str, dict[str, int]] = field(default_factory=dict)  # step -> registry aliases
+    champion: dict[str, dict] = field(default_factory=dict)  # step -> reports/evaluate/champion.json
+
+    def run(self, *cmd: str, timeout: float = 600) -> str:
+        done = subprocess.run(cmd, cwd=self.repo, env=self.env, text=True, capture_output=True, timeout=timeout)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-3000:]}"
+        return out
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=f"sqlite:///{self.repo / 'mlflow.db'}")
+
+    def record(self, step: str, output: str) -> None:
+        self.outputs[step] = output
+        self.aliases[step] = dict(self.client().get_registered_model("pixelnet").aliases)
+        self.champion[step] = json.loads((self.repo / "reports/evaluate/champion.json").read_text())
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(s: Scenario, log: Path) -> None:
+    """`mlflow server` on the copy's database, in its own process group; it boots while the pipeline runs."""
+    port = _free_port()
+    s.server_url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        s.server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+             f"sqlite:///{s.repo / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=s.repo, env=s.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_server(s: Scenario) -> None:
+    if s.server is None or s.server.poll() is not None:
+        return
+    os.killpg(s.server.pid, signal.SIGTERM)
+    try:
+        s.server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(s.server.pid, signal.SIGKILL)
+        s.server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    repo = root / "repo"
+    repo.mkdir()
+    make_copy(repo, TINY)
+    s = Scenario(repo, pipeline_env(repo))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    s.run("git", "init", "-q")
+    s.run("git", "add", "-A")
+    s.run(*git, "commit", "-q", "-m", "tiny params")
+    s.client().search_experiments()  # create the database before the server and the pipeline share it
+    start_server(s, root / "server.log")
+    try:
+        s.record("first", s.run("dvc", "repro"))
+        s.outputs["again"] = s.run("dvc", "repro")
+        s.outputs["status"] = s.run("dvc", "status", "--json")
+        s.record("temperature", s.run("dvc", "exp", "run", "-S", "sample.temperature=0.5"))
+        s.outputs["exp show"] = s.run("dvc", "exp", "show", "--csv")
+        yield s
+    finally:
+        stop_server(s)
+
+
+def test_repro_runs_every_stage_then_nothing(scenario):
+    assert ran(scenario.outputs["first"]) == STAGES
+    assert ran(scenario.outputs["again"]) == set()
+    assert "Data and pipelines are up to date" in scenario.outputs["again"]
+    assert json.loads(scenario.outputs["status"]) == {}
+    ignored = scenario.run("git", "check-ignore", "data/processed", "models/model.pt", "mlflow.db").split()
+    assert ignored == ["data/processed", "models/model.pt", "mlflow.db"]
+
+
+def test_metrics_and_plots_are_declared(scenario):
+    metrics = json.loads(scenario.run("dvc", "metrics", "show", "--json"))
+    shown = json.dumps(metrics)
+    for key in ("test_bits_per_dim", "val_bits_per_dim", "promoted", "sample_seconds"):
+        assert key in shown
+    plots = scenario.run("dvc", "plots", "show", "--json")
+    for name in ("bits/dim by epoch", "reports/sample/grid.png", "reports/evaluate/loss_curves.png"):
+        assert name in plots
+
+
+def test_changing_sample_temperature_reruns_only_sample_and_evaluate(scenario):
+    assert ran(scenario.outputs["temperature"]) == {"sample", "evaluate"}
+    shown = scenario.outputs["exp show"]
+    assert "sample.temperature" in shown and "0.5" in shown  # the experiment beside its baseline
+    client = scenario.client()
+    runs = client.search_runs(client.get_experiment_by_name("pixelnet").experiment_id)
+    by_temperature = {r.data.params.get("sample.temperature"): r for r in runs}
+    copy, first = by_temperature["0.5"], by_temperature["1.0"]
+    assert copy.data.tags["copied_from_run"] == first.info.run_id  # the execution gets its own complete run
+    assert copy.data.params["train.epochs"] == "2" and "epoch/val_bpd" in copy.data.metrics
+    assert "evaluate/test_bits_per_dim" in copy.data.metrics
+
+
+def test_registry_holds_the_candidate_and_the_champion(scenario):
+    assert scenario.aliases["first"] == {"candidate": 1, "champion": 1}
+    assert scenario.champion["first"]["promoted"] is True and scenario.champion["first"]["reason"] == "no champion yet"
+    assert scenario.aliases["temperature"] == {"candidate": 1, "champion": 1}  # same model: nothing to decide
+    assert scenario.champion["temperature"]["is_champion"] is True
+    assert scenario.champion["temperature"]["promoted"] is False
+
+
+def test_sample_and_score_from_the_registry(scenario, run_cli, tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{scenario.repo / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "samples"
+    result = run_cli("sample", "--params", scenario.repo / "params.yaml", "--model", "models:/pixelnet@champion",
+                     "--out", out)
+    assert result.code == 0, result.err
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (4, 1, 8, 8) and samples.dtype == np.uint8
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/pixelnet@candidate")
+        scores = model.predict(np.load(scenario.repo / "data/processed/test_images.npy")[:3])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert scores.shape == (3,) and np.all((scores > 0) & (scores < 9))
+    missing = run_cli("sample", "--params", scenario.repo / "params.yaml", "--model", "models:/pixelnet@nope",
+                      "--out", tmp_path / "none")
+    assert missing.code == 2 and "alias" in missing.err and "Traceback" not in missing.err
+
+
+def _get(url: str, **query: str) -> bytes:
+    with urllib.request.urlopen(f"{url}?{urllib.parse.urlencode(query)}" if query else url, timeout=10) as r:
+        return r.read()
+
+
+def test_mlflow_server_serves_epoch_metrics_images_and_aliases(scenario):
+    base = scenario.server_url
+    deadline = time.monotonic() + 150
+    while True:
+        try:
+            _get(f"{base}/health")
+            break
+        except OSError:
+            assert scenario.server.poll() is None, "mlflow server exited; see server.log beside the repo copy"
+            assert time.monotonic() < deadline, "mlflow server did not answer within 150 s"
+            time.sleep(1)
+    api = f"{base}/api/2.0/mlflow"
+    exp = json.loads(_get(f"{api}/experiments/get-by-name", experiment_name="pixelnet"))["experiment"]["experiment_id"]
+    req = urllib.request.Request(f"{api}/runs/search", data=json.dumps({"experiment_ids": [exp]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        runs = json.loads(r.read())["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
+    copy = next(i for i, t in enumerate(tags) if "copied_from_run" in t)  # the temperature experiment's run
+    run_id = runs[copy]["info"]["run_id"]
+    history = json.loads(_get(f"{api}/metrics/get-history", run_id=run_id, metric_key="epoch/val_bpd"))["metrics"]
+    assert sorted(m["step"] for m in history) == [1, 2]
+    files = [f["path"] for f in json.loads(_get(f"{api}/artifacts/list", run_id=run_id, path="images"))["files"]]
+    for key in ("sample~grid", "complete~completions", "evaluate~samples_vs_real", "evaluate~loss_curves"):
+        png = next(p for p in files if p.startswith(f"images/{key}+") and p.endswith(".png"))
+        assert _get(f"{base}/get-artifact", path=png, run_uuid=run_id).startswith(b"\x89PNG")
+    model = json.loads(_get(f"{api}/registered-models/get", name="pixelnet"))["registered_model"]
+    assert {a["alias"]: a["version"] for a in model["aliases"]} == {"candidate": "1", "champion": "1"}
+    champion = json.loads(_get(f"{api}/registered-models/alias", name="pixelnet", alias="champion"))["model_version"]
+    assert champion["version"] == "1" and champion["run_id"] == tags[copy]["copied_from_run"]
