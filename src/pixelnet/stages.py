@@ -60,6 +60,8 @@ def make_deterministic(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
+    # Determinism does not need empty tensors pre-filled with NaN (a debugging aid); on CPU that fill cost 20-30 %.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
 
 
