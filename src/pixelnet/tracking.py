@@ -147,7 +147,7 @@ def read_run_file(path: Path) -> dict:
     return info
 
 
-def write_run_file(path: Path, info: dict) -> None:
+def write_json(path: Path, info: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -317,7 +317,7 @@ def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: P
         _finish(client, run_id, "FAILED")
         raise
     _finish(client, run_id, "FINISHED")
-    write_run_file(reports_dir / RUN_FILE, {"run_id": run_id, "experiment_id": exp, "model_name": MODEL_NAME,
+    write_json(reports_dir / RUN_FILE, {"run_id": run_id, "experiment_id": exp, "model_name": MODEL_NAME,
                                             "model_version": version, "tracking_uri": tracking_uri()})
     return metrics
 
@@ -343,7 +343,8 @@ def track_stage(stage: str, *, run_file: Path, out_dir: Path, params: dict[str, 
     try:
         with mlflow_errors(f"logging the {stage} results"):
             log_batch(client, run_id, params=flatten(stage, params), tags=provenance())
-            log_batch(client, run_id, metrics=dict_metrics(results, prefix=stage))
+            log_batch(client, run_id, metrics=dict_metrics({k: v for k, v in results.items() if k not in params},
+                                                           prefix=stage))
             log_dir(client, run_id, out_dir, stage, skip=(RUN_FILE,))
             from PIL import Image
 
@@ -357,7 +358,7 @@ def track_stage(stage: str, *, run_file: Path, out_dir: Path, params: dict[str, 
         _finish(client, run_id, "FAILED")
         raise
     _finish(client, run_id, "FINISHED")
-    write_run_file(Path(out_dir) / RUN_FILE, info | {"run_id": run_id, "tracking_uri": tracking_uri()})
+    write_json(Path(out_dir) / RUN_FILE, info | {"run_id": run_id, "tracking_uri": tracking_uri()})
     return results
 
 
@@ -424,7 +425,7 @@ def record_champion(out_dir: Path) -> Callable[[MlflowClient, str, dict, dict], 
         log_batch(client, run_id, tags={"evaluate.champion_decision": decision["reason"]},
                   metrics=dict_metrics({"promoted_to_champion": int(decision["promoted"]),
                                         "is_champion": int(decision["is_champion"])}, prefix="evaluate"))
-        write_run_file(Path(out_dir) / CHAMPION_FILE, decision)
+        write_json(Path(out_dir) / CHAMPION_FILE, decision)
         client.log_artifact(run_id, str(Path(out_dir) / CHAMPION_FILE), "evaluate")
     return after
 
