@@ -81,6 +81,7 @@ def _fold(conv: MaskedConv2d, norm: nn.Module | None) -> tuple[torch.Tensor, tor
 
 
 def prepare(conv: MaskedConv2d, norm: nn.Module | None, *, groups: int, dtype: torch.dtype) -> PreparedConv:
+    """Fold `norm` into `conv` and cut out the centre-row matrices, one per colour group of its outputs."""
     w, b = _fold(conv, norm)
     c_out, c_in, k, _ = w.shape
     p = k // 2
@@ -146,7 +147,7 @@ class PixelCNNIncremental:
         self.plan = [self._plan(g) for g in range(self.groups)]
 
     def _plan(self, g: int) -> list[tuple]:
-        """Group g's step as (weights, biases and output views) per block; see `logits`."""
+        """Group g's weights, biases and group-g output views: input conv, each block, head (unpacked in `logits`)."""
         def out(buf: torch.Tensor, conv: PreparedConv) -> torch.Tensor:
             return buf[:, conv.slices[g]]
 
