@@ -67,6 +67,13 @@ def test_unreachable_server_fails_fast_with_a_clear_message(monkeypatch):
         tracking.connect()
 
 
+def test_registry_uri_without_a_database_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(PixelNetError, match="no MLflow database at .*run `dvc repro`"):
+        tracking.resolve_model("models:/pixelnet@champion", tmp_path / "dl")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing created on the way
+
+
 def test_missing_run_file_names_the_fix(tmp_path):
     with pytest.raises(PixelNetError, match="run the stage before it with tracking"):
         tracking.read_run_file(tmp_path / "mlflow_run.json")

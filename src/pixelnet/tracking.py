@@ -437,6 +437,10 @@ def resolve_model(uri: str, dst: Path) -> Path:
     """
     from mlflow.models import Model
 
+    store = tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+        raise PixelNetError(f"no MLflow database at {store.removeprefix('sqlite:///')} to load {uri} from: run "
+                            "`dvc repro` in the repository first, or set MLFLOW_TRACKING_URI to your tracking store")
     connect()
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))

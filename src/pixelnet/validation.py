@@ -95,40 +95,48 @@ def _load(path: Path) -> np.ndarray | None:
         raise PixelNetError(f"cannot read {path} ({e}); run `pixelnet preprocess` again") from None
 
 
+CHUNK = 4096  # images per pass: bounds the float64 copies (full MNIST or CIFAR-10 would need gigabytes at once)
+
+
+def _chunk_stats(images: np.ndarray, levels: int) -> dict[str, np.ndarray]:
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(np.float64)  # (n, C*H*W)
+    finite = np.isfinite(flat * (2.0 / (levels - 1)) - 1.0)  # the network input, as scale_input makes it
+    counts = finite.sum(axis=1)
+    some = counts > 0
+    return {
+        "min_level": np.where(some, np.where(finite, flat, np.inf).min(axis=1, initial=np.inf), np.nan),
+        "max_level": np.where(some, np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf), np.nan),
+        "nan_count": (~finite).sum(axis=1),
+        "mean_intensity": np.where(some, np.where(finite, flat, 0.0).sum(axis=1) / np.maximum(counts, 1) / (levels - 1),
+                                   np.nan),
+    }
+
+
 def image_table(images: np.ndarray, labels: np.ndarray | None, levels: int) -> pd.DataFrame:
     """Per-image statistics of one split's images (N, C, H, W) as stored, any dtype."""
     images = np.atleast_1d(images)
     n = len(images)
-    flat = images.reshape(n, -1).astype(np.float64)  # (N, C*H*W)
-    finite = np.isfinite(flat * (2.0 / (levels - 1)) - 1.0)  # the network input, as scale_input makes it
-    masked_lo = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)
-    masked_hi = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
-    counts = finite.sum(axis=1)
-    sums = np.where(finite, flat, 0.0).sum(axis=1)
+    parts = [_chunk_stats(images[i:i + CHUNK], levels) for i in range(0, n, CHUNK)] or [_chunk_stats(images, levels)]
+    stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     usable = labels is not None and labels.ndim == 1 and np.issubdtype(labels.dtype, np.number)
-    label = pd.Series(labels if usable else np.full(n, np.nan), dtype="float64")
-    return pd.DataFrame({
-        "dtype": str(images.dtype),
-        "shape": "x".join(map(str, images.shape[1:])),
-        "min_level": np.where(counts > 0, masked_lo, np.nan),
-        "max_level": np.where(counts > 0, masked_hi, np.nan),
-        "nan_count": (~finite).sum(axis=1),
-        "label": label.reindex(range(n)).to_numpy(),
-        "mean_intensity": np.where(counts > 0, sums / np.maximum(counts, 1) / (levels - 1), np.nan),
-    })
+    label = pd.Series(labels if usable else np.full(n, np.nan), dtype="float64").reindex(range(n)).to_numpy()
+    return pd.DataFrame({"dtype": str(images.dtype), "shape": "x".join(map(str, images.shape[1:])),
+                         "label": label, **stats},
+                        columns=["dtype", "shape", "min_level", "max_level", "nan_count", "label", "mean_intensity"])
 
 
 def class_table(labels: np.ndarray | None, classes: list[str]) -> pd.DataFrame:
-    known = np.asarray(labels if labels is not None else [], dtype=np.int64)
-    known = known[(known >= 0) & (known < len(classes))]
+    known = np.asarray(labels if labels is not None else [], dtype=np.float64).reshape(-1)
+    known = known[(known >= 0) & (known < len(classes))].astype(np.int64)
     counts = np.bincount(known, minlength=len(classes))
     return pd.DataFrame({"class": classes, "share": counts / max(len(known), 1)})
 
 
 def content_hashes(images: np.ndarray) -> set[str]:
     """sha256 of each image's values (as float64, so that a copy stored in another dtype still matches)."""
-    canonical = np.atleast_1d(images).astype(np.float64)
-    return {hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in canonical}
+    images = np.atleast_1d(images)
+    return {hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+            for i in range(0, len(images), CHUNK) for x in images[i:i + CHUNK].astype(np.float64)}
 
 
 def expected_split_sizes(cfg: DataConfig, manifest: dict, source: dict) -> dict[str, float]:
