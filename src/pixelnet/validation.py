@@ -260,6 +260,8 @@ def run_checks(checks: list[Check], suite: Suite, docs_dir: Path) -> tuple[list[
         "class_name": "SiteBuilder",
         "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        # Validation pages only: they show every expectation with its result; suite pages would repeat them.
+        "site_section_builders": {"expectations": "0", "profiling": "0"},
     })
     suites = _build_suites(context, suite)
     source = context.data_sources.add_pandas("processed")
