@@ -92,7 +92,7 @@ class CompleteConfig:
     SECTION: ClassVar[str] = "complete"
 
     rows: int = 14  # top rows of each test image kept; the rest are sampled
-    images: int = 8  # test images completed (the first ones of the test split)
+    images: int = 8  # test images completed, evenly spaced through the test split
     per_image: int = 4  # completions drawn for each image
     temperature: float = 1.0
     seed: int = 0

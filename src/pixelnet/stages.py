@@ -146,7 +146,10 @@ def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = 
 
 
 def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: Path, device: str = "auto") -> dict:
-    """Complete the first cfg.images test images from their top cfg.rows rows, cfg.per_image times each.
+    """Complete cfg.images test images from their top cfg.rows rows, cfg.per_image times each.
+
+    The images are spread evenly through the test split (splits may be sorted
+    by class, and the first ones would then all show one class).
 
     Writes completions.npy (uint8 levels, (N, K, C, H, W)), completions.png
     (original | top rows only | completions, one line per image) and complete.json.
@@ -161,7 +164,9 @@ def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: 
         raise PixelNetError(f"complete.rows={cfg.rows} keeps all {mcfg.height} rows, leaving nothing to sample: "
                             f"choose fewer than {mcfg.height}")
     test = load_split(data_dir, "test", manifest)
-    images, labels = test.images[: cfg.images], test.labels[: cfg.images]
+    count = min(cfg.images, len(test.images))
+    index = torch.arange(count) * len(test.images) // count  # evenly spaced, first one included
+    images, labels = test.images[index], test.labels[index]
     t0 = time.perf_counter()
     completions = complete_images(
         model, images, rows=cfg.rows, completions=cfg.per_image, seed=cfg.seed, temperature=cfg.temperature,
@@ -173,7 +178,7 @@ def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: 
     np.save(out_dir / "completions.npy", completions.numpy())
     completion_grid(images, completions, rows=cfg.rows, levels=mcfg.levels).save(out_dir / "completions.png")
     info = {"images": len(images), "per_image": cfg.per_image, "rows": cfg.rows, "temperature": cfg.temperature,
-            "seed": cfg.seed, "levels": mcfg.levels, "complete_seconds": seconds}
+            "seed": cfg.seed, "levels": mcfg.levels, "complete_seconds": seconds, "test_indices": index.tolist()}
     write_json(out_dir / "complete.json", info)
     return info
 

@@ -64,6 +64,9 @@ class ModelConfig:
 class PixelCNN(nn.Module):
     """Masked-convolution PixelCNN over `levels`-way categorical sub-pixels."""
 
+    # Activation layout: channels-last is the faster one for oneDNN (CPU) and cuDNN convs (benchmarks/bench_training.py).
+    memory_format: torch.memory_format = torch.channels_last
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -84,7 +87,9 @@ class PixelCNN(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) integer levels, labels (B,) when conditional -> logits (B, levels, C, H, W)."""
         b, c, hgt, wid = x.shape
-        feats = self.input_conv(scale_input(x, self.config.levels))
+        # A (B, 1, H, W) input is both NCHW- and channels-last-contiguous, so the first conv alone would pick
+        # NCHW; the layout given here is the one every later layer keeps.
+        feats = self.input_conv(scale_input(x, self.config.levels)).contiguous(memory_format=self.memory_format)
         if self.embed is None:
             feats = self.blocks(feats)
         else:
