@@ -61,7 +61,12 @@ class TrainConfig:
 
     epochs: int = 5
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak learning rate
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup: cosine to zero, or constant
+    warmup_fraction: float = 0.05  # of all steps, with the learning rate rising linearly from 0
+    ema_decay: float = 0.0  # 0 = off; else the EMA of the weights is what is validated and saved
+    max_minutes: float | None = None  # wall-clock budget, checked between epochs (see training.py)
+    compile: bool = False  # torch.compile the loss and its backward
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -70,6 +75,10 @@ class TrainConfig:
         require(self.epochs >= 1, s, "epochs", "must be >= 1", self.epochs)
         require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
         require(0.0 < self.lr < 1.0, s, "lr", "must be in (0, 1)", self.lr)
+        require(0.0 <= self.warmup_fraction < 1.0, s, "warmup_fraction", "must be in [0, 1)", self.warmup_fraction)
+        require(0.0 <= self.ema_decay < 1.0, s, "ema_decay", "must be in [0, 1) (0 turns EMA off)", self.ema_decay)
+        require(self.max_minutes is None or self.max_minutes > 0, s, "max_minutes", "must be > 0 or null (no budget)",
+                self.max_minutes)
 
 
 @dataclass(frozen=True)

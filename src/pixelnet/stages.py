@@ -31,7 +31,7 @@ from pixelnet.fast_sampling import complete as complete_images
 from pixelnet.fast_sampling import sample_fast, supports
 from pixelnet.model import build_model
 from pixelnet.sampling import sample_naive, sampling_noise
-from pixelnet.training import EpochRecord, fit, select_device
+from pixelnet.training import EpochRecord, batches_per_epoch, fit, select_device
 
 
 def _mkdir(path: Path) -> Path:
@@ -90,7 +90,7 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
 
     steps: list[dict] = []
     epochs: list[EpochRecord] = []
-    per_epoch = -(-len(train_split.images) // params.train.batch_size)
+    per_epoch = batches_per_epoch(len(train_split.images), params.train.batch_size)
     with tqdm(total=per_epoch * params.train.epochs, desc="train", unit="batch", mininterval=1.0) as bar:
         def on_step(step: int, epoch: int, loss_bpd: float) -> None:
             steps.append({"step": step, "epoch": epoch, "train_bpd": loss_bpd})
@@ -115,6 +115,8 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
         "train_seconds": seconds,
         "images_per_s": sum(r.images_per_s * r.seconds for r in epochs) / sum(r.seconds for r in epochs),
         "epochs": len(epochs),
+        "epochs_planned": params.train.epochs,
+        "budget_bound": len(epochs) < params.train.epochs,  # train.max_minutes stopped it: not reproducible
         "steps": last.step,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
