@@ -85,7 +85,7 @@ class TrainConfig:
 class SampleConfig:
     SECTION: ClassVar[str] = "sample"
 
-    n: int = 64
+    n: int = 256  # evaluate's Fréchet distance needs at least 256
     temperature: float = 1.0
     seed: int = 0
     method: Literal["fast", "naive"] = "fast"  # fast: cached, exact, same images as naive

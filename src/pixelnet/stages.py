@@ -30,6 +30,8 @@ from pixelnet.evaluation import completion_grid, image_grid, plot_loss_curves, s
 from pixelnet.fast_sampling import complete as complete_images
 from pixelnet.fast_sampling import sample_fast, supports
 from pixelnet.model import build_model
+from pixelnet.quality import format_table as quality_table
+from pixelnet.quality import sample_quality
 from pixelnet.sampling import sample_naive, sampling_noise
 from pixelnet.training import EpochRecord, batches_per_epoch, fit, select_device
 
@@ -185,6 +187,17 @@ def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: 
     return info
 
 
+def sample_scores(samples: np.ndarray, *, data_dir: Path, manifest: dict, test, levels: int) -> dict:
+    """The classifier's scores of the samples and of real images (quality.py), or a note for unlabelled data."""
+    classes = manifest.get("classes") or []
+    if not manifest.get("labeled") or len(classes) < 2 or len(samples) < 2:
+        return {"quality_note": "skipped: sample scores need a labelled dataset with 2+ classes and 2+ samples"}
+    scores = sample_quality(torch.from_numpy(samples), train=load_split(data_dir, "train", manifest),
+                            val=load_split(data_dir, "val", manifest), test=test, levels=levels, n_classes=len(classes))
+    tqdm.write(quality_table(scores))
+    return scores
+
+
 def evaluate(
     cfg: EvaluateConfig, *, model_path: Path, data_dir: Path, samples_path: Path, train_reports: Path, out_dir: Path
 ) -> dict:
@@ -202,8 +215,13 @@ def evaluate(
         samples = np.load(samples_path, allow_pickle=False)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise PixelNetError(f"cannot read samples {samples_path} ({e}); run `pixelnet sample` first") from None
+    if samples.ndim != 4 or list(samples.shape[1:]) != list(manifest["shape"]) or samples.max(initial=0) >= mcfg.levels:
+        raise PixelNetError(f"samples {samples_path} {samples.shape} do not fit the model (levels {mcfg.levels}, "
+                            f"shape {manifest['shape']}); run `pixelnet sample` with this model")
+    metrics.update(sample_scores(samples, data_dir=data_dir, manifest=manifest, test=test, levels=mcfg.levels))
     real = test.images[: cfg.grid_n]
-    side_by_side(image_grid(samples, mcfg.levels), image_grid(real, mcfg.levels)).save(out_dir / "samples_vs_real.png")
+    side_by_side(image_grid(samples[: cfg.grid_n], mcfg.levels), image_grid(real, mcfg.levels)).save(
+        out_dir / "samples_vs_real.png")
     try:
         steps = pd.read_csv(Path(train_reports) / "steps.csv")
         epochs = pd.read_csv(Path(train_reports) / "epochs.csv")
