@@ -67,10 +67,12 @@ def test_cli_complete_writes_completions_and_grid(run_cli, tmp_path, tiny_params
                      "-S", "complete.rows=3", "-S", "complete.images=2", "-S", "complete.per_image=3")
     assert result.code == 0, result.err
     completions = np.load(out / "completions.npy")
-    test_images = np.load(data / "test_images.npy")[:2]
+    all_test = np.load(data / "test_images.npy")
+    info = json.loads((out / "complete.json").read_text())
+    assert len(all_test) == 4 and info["test_indices"] == [0, 2]  # spread through the split, not the first two
+    test_images = all_test[info["test_indices"]]
     assert completions.shape == (2, 3, 1, 8, 8) and completions.dtype == np.uint8
     assert (completions[:, :, :, :3] == test_images[:, None, :, :3]).all()
-    info = json.loads((out / "complete.json").read_text())
     assert info["images"] == 2 and info["per_image"] == 3 and info["rows"] == 3
     assert Image.open(out / "completions.png").size == (2 + 5 * 10, 2 + 2 * 10)
 
