@@ -49,7 +49,7 @@ class EpochRecord:
     seconds: float
     images_per_s: float
     lr: float  # the learning rate of the epoch's last step
-    elapsed_s: float  # since fit began, validation included: what train.max_minutes is checked against
+    elapsed_seconds: float  # since fit began, validation included: what train.max_minutes is checked against
 
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
