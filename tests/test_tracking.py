@@ -74,6 +74,18 @@ def test_registry_uri_without_a_database_names_the_fix(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists()  # nothing created on the way
 
 
+def test_train_with_an_unreachable_server_stops_before_training(tmp_path, monkeypatch, run_cli, tiny_params):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    result = run_cli("train", "--params", tiny_params, "--data", tmp_path / "no-data", "--model", tmp_path / "m.pt",
+                     "--reports", tmp_path / "r", "--mlflow")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert result.err.startswith(f"error: MLflow tracking server http://127.0.0.1:{port} (MLFLOW_TRACKING_URI) cannot be reached")
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "r").exists()
+
+
 def test_missing_run_file_names_the_fix(tmp_path):
     with pytest.raises(PixelNetError, match="run the stage before it with tracking"):
         tracking.read_run_file(tmp_path / "mlflow_run.json")
