@@ -87,3 +87,54 @@ def test_conditional_needs_classes():
 
     with pytest.raises(ConfigError, match="model.conditional"):
         ModelConfig(conditional=True, n_classes=1)
+
+
+@pytest.mark.parametrize("arch, overrides", [
+    ("gated", {}),
+    ("gated", {"image_channels": 3, "channels": 24, "levels": 256}),
+    ("gated", {"conditional": True, "n_classes": 10, "levels": 2}),
+    ("gated", {"first_kernel": 5, "kernel": 5, "blocks": 1, "norm": "none"}),
+    ("pixelcnn", {"conditional": True, "n_classes": 10, "image_channels": 3, "channels": 24}),
+])
+@pytest.mark.parametrize("n, start_row", [(1, 0), (3, 3)])
+def test_fast_equals_naive_for_gated_conditional_and_rgb(arch, overrides, n, start_row):
+    from pixelnet.fast_sampling import sample_fast
+    from pixelnet.sampling import sample_naive, sampling_noise
+
+    model = make(arch, blocks=overrides.pop("blocks", 2), **overrides)
+    with torch.no_grad():  # sharpen the near-uniform random logits so every one matters
+        model.head[3].weight.mul_(8.0)
+    cfg = model.config
+    noise = sampling_noise(n, cfg.image_channels, 8, 8, seed=4)
+    labels = torch.arange(n) % cfg.n_classes if cfg.conditional else None
+    given = torch.randint(0, cfg.levels, (n, cfg.image_channels, 8, 8), generator=torch.Generator().manual_seed(9))
+    kwargs = dict(temperature=1.0, labels=labels, given=given, start_row=start_row)
+    fast, naive = sample_fast(model, noise, **kwargs), sample_naive(model, noise, **kwargs)
+    assert torch.equal(fast, naive)
+    assert torch.equal(fast[:, :, :start_row], given[:, :, :start_row].to(torch.uint8))
+    assert len(fast.unique()) > 1
+
+
+def test_cli_label_draws_one_class_and_stage_grid_has_a_row_per_class(tmp_path, run_cli):
+    import json
+
+    import numpy as np
+
+    from pixelnet.checkpoints import save_checkpoint
+
+    model = make("gated", conditional=True, n_classes=3, blocks=1, height=5, width=5)
+    save_checkpoint(model, model.config, tmp_path / "m.pt")
+    params = tmp_path / "params.yaml"
+    params.write_text("sample: {n: 6, seed: 1}\n")
+    assert run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "all").code == 0
+    assert np.load(tmp_path / "all" / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "all" / "grid.png")
+    assert grid.size == (2 + 2 * 7, 2 + 3 * 7)  # 2 images per row, one row per class, 5x5 images + 2px padding
+    result = run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "two", "--label", "2")
+    assert result.code == 0, result.err
+    assert np.load(tmp_path / "two" / "labels.npy").tolist() == [2] * 6
+    assert json.loads((tmp_path / "two" / "sample.json").read_text())["label"] == 2
+    bad = run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "bad", "--label", "7")
+    assert bad.code == 2 and "sample.label=7 is not a class" in bad.err and "Traceback" not in bad.err

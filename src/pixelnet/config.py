@@ -89,10 +89,12 @@ class SampleConfig:
     temperature: float = 1.0
     seed: int = 0
     method: Literal["fast", "naive"] = "fast"  # fast: cached, exact, same images as naive
+    label: int | None = None  # conditional models: draw only this class (null: one grid row per class)
 
     def __post_init__(self) -> None:
         s = self.SECTION
         require(1 <= self.n <= 100_000, s, "n", "must be between 1 and 100000", self.n)
+        require(self.label is None or self.label >= 0, s, "label", "must be a class index >= 0 or null", self.label)
         require(0.0 < self.temperature <= 10.0, s, "temperature", "must be in (0, 10]", self.temperature)
 
 

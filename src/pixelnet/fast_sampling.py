@@ -4,8 +4,9 @@
 the same images: it draws every sub-pixel with the same `draw` from the same
 noise, from logits that equal the full forward pass's up to float rounding.
 Instead of one forward pass per sub-pixel it asks the model's incremental
-form (`incremental`) for the logits of one sub-pixel at a time, which costs
-about one forward pass in total.
+form (`incremental`) for the logits of one sub-pixel at a time: about one
+forward pass of arithmetic in total, plus a fixed overhead per sub-pixel.
+`labels` (beyond sample_naive's arguments) feed a conditional model.
 
 An architecture gets fast sampling by providing an incremental form with
 the `Incremental` methods and an entry in `IMPLEMENTATIONS`.
@@ -21,8 +22,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from pixelnet.incremental_gated import GatedIncremental
 from pixelnet.incremental_pixelcnn import PixelCNNIncremental
-from pixelnet.model import PixelCNN
+from pixelnet.model import GatedPixelCNN, PixelCNN
 from pixelnet.sampling import Progress, draw, sampling_noise
 
 
@@ -45,6 +47,7 @@ class Incremental(Protocol):
 # Model class -> its incremental form, built as Form(model, batch_size, labels).
 IMPLEMENTATIONS: dict[type[nn.Module], Callable[[nn.Module, int, torch.Tensor | None], Incremental]] = {
     PixelCNN: PixelCNNIncremental,
+    GatedPixelCNN: GatedIncremental,
 }
 
 

@@ -135,8 +135,21 @@ def quality_scores(
     }
 
 
+def label_agreement(model: Classifier, samples: torch.Tensor, labels: torch.Tensor, *, levels: int,
+                    n_classes: int) -> dict[str, float]:
+    """For class-conditional samples: how often the classifier recognizes each sample as the label it was drawn for."""
+    predicted = predict(model, samples, levels=levels)[0].argmax(axis=1)
+    labels = labels.numpy()
+    out = {"samples_label_match": float((predicted == labels).mean())}
+    for k in range(n_classes):
+        if (labels == k).any():
+            out[f"samples_label_match_class_{k}"] = float((predicted[labels == k] == k).mean())
+    return out
+
+
 def sample_quality(
-    samples: torch.Tensor, *, train, val, test, levels: int, n_classes: int, seed: int = 0
+    samples: torch.Tensor, *, train, val, test, levels: int, n_classes: int, seed: int = 0,
+    sample_labels: torch.Tensor | None = None,
 ) -> dict[str, float | int | str]:
     """Flat metrics: `samples_*` and `real_*` scores, the classifier's test accuracy, n and where the real images came from.
 
@@ -160,6 +173,8 @@ def sample_quality(
     for prefix, imgs in (("samples", samples), ("real", real)):
         scores = quality_scores(classifier, imgs, reference, levels=levels, n_classes=n_classes)
         out.update({f"{prefix}_{k}": v for k, v in scores.items()})
+    if sample_labels is not None:
+        out.update(label_agreement(classifier, samples, sample_labels, levels=levels, n_classes=n_classes))
     return out
 
 

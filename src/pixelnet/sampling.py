@@ -39,23 +39,26 @@ def sample_naive(
     temperature: float = 1.0,
     given: torch.Tensor | None = None,
     start_row: int = 0,
+    labels: torch.Tensor | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """One full forward pass per sub-pixel: the simple, slow reference sampler.
 
     noise: (N, C, H, W) uniforms from `sampling_noise`.  `given` (N, C, H, W)
     levels, with `start_row`, keeps rows above `start_row` fixed (completion).
+    `labels` (N,) are the classes of a conditional model.
     Returns uint8 levels (N, C, H, W).  The model must be in eval mode.
     """
     n, c, h, w = noise.shape
     device = next(model.parameters()).device
     x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
+    labels = labels.to(device) if labels is not None else None
     if given is not None:
         x[:, :, :start_row] = given[:, :, :start_row].to(device)
     rows = range(start_row, h)
     for i in progress(rows) if progress else rows:
         for j in range(w):
             for ch in range(c):
-                logits = model(x)[:, :, ch, i, j]  # (N, levels)
+                logits = (model(x) if labels is None else model(x, labels))[:, :, ch, i, j]  # (N, levels)
                 x[:, ch, i, j] = draw(logits, noise[:, ch, i, j].to(device), temperature)
     return x.to(torch.uint8).cpu()

@@ -127,24 +127,48 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
     return metrics
 
 
+def sample_labels(cfg: SampleConfig, mcfg) -> tuple[torch.Tensor | None, int | None]:
+    """Class labels (n,) to draw for a conditional model, and the grid's images per row.
+
+    With sample.label set, every image is of that class; otherwise the classes
+    take turns in blocks of ceil(n / classes), one grid row per class.
+    """
+    if not mcfg.conditional:
+        if cfg.label is not None:
+            raise PixelNetError(f"sample.label={cfg.label} needs a conditional model (model.conditional: true); "
+                                "this model is unconditional: drop the label")
+        return None, None
+    if cfg.label is not None:
+        if cfg.label >= mcfg.n_classes:
+            raise PixelNetError(f"sample.label={cfg.label} is not a class of this model: use 0 .. {mcfg.n_classes - 1}")
+        return torch.full((cfg.n,), cfg.label, dtype=torch.long), None
+    per_row = -(-cfg.n // mcfg.n_classes)
+    return torch.arange(cfg.n) // per_row, per_row
+
+
 def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:
-    """Draw cfg.n images; write samples.npy (uint8 levels, (N, C, H, W)), grid.png and sample.json."""
+    """Draw cfg.n images; write samples.npy (uint8 levels, (N, C, H, W)), labels.npy, grid.png and sample.json.
+
+    labels.npy holds the class each image was drawn for (-1: unconditional model).
+    """
     model, mcfg = load_model(model_path, device=select_device(device))
     if cfg.method == "fast" and not supports(model):
         raise PixelNetError(f"sample.method fast has no cached form for model.arch {mcfg.arch}: set sample.method=naive")
-    sampler = {"fast": sample_fast, "naive": sample_naive}[cfg.method]
+    labels, per_row = sample_labels(cfg, mcfg)
     noise = sampling_noise(cfg.n, mcfg.image_channels, mcfg.height, mcfg.width, seed=cfg.seed)
+    progress = lambda rows: tqdm(rows, desc=f"sample {cfg.n} ({cfg.method})", unit="row")  # noqa: E731
     t0 = time.perf_counter()
-    images = sampler(
-        model, noise, temperature=cfg.temperature,
-        progress=lambda rows: tqdm(rows, desc=f"sample {cfg.n} ({cfg.method})", unit="row"),
-    )
+    if cfg.method == "fast":
+        images = sample_fast(model, noise, temperature=cfg.temperature, labels=labels, progress=progress)
+    else:
+        images = sample_naive(model, noise, temperature=cfg.temperature, labels=labels, progress=progress)
     seconds = time.perf_counter() - t0
     _mkdir(out_dir)
     np.save(out_dir / "samples.npy", images.numpy())
-    image_grid(images, mcfg.levels).save(out_dir / "grid.png")
+    np.save(out_dir / "labels.npy", (labels if labels is not None else torch.full((cfg.n,), -1)).numpy().astype(np.int64))
+    image_grid(images, mcfg.levels, nrow=per_row).save(out_dir / "grid.png")
     info = {"n": cfg.n, "method": cfg.method, "temperature": cfg.temperature, "seed": cfg.seed,
-            "levels": mcfg.levels, "sample_seconds": seconds}
+            "levels": mcfg.levels, "sample_seconds": seconds, "label": cfg.label, "conditional": mcfg.conditional}
     write_json(out_dir / "sample.json", info)
     return info
 
@@ -187,13 +211,18 @@ def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: 
     return info
 
 
-def sample_scores(samples: np.ndarray, *, data_dir: Path, manifest: dict, test, levels: int) -> dict:
-    """The classifier's scores of the samples and of real images (quality.py), or a note for unlabelled data."""
+def sample_scores(samples: np.ndarray, *, data_dir: Path, manifest: dict, test, levels: int,
+                  labels: np.ndarray | None = None) -> dict:
+    """The classifier's scores of the samples and of real images (quality.py), or a note for unlabelled data.
+
+    labels: the classes conditional samples were drawn for (-1 where unconditional).
+    """
     classes = manifest.get("classes") or []
     if not manifest.get("labeled") or len(classes) < 2 or len(samples) < 2:
         return {"quality_note": "skipped: sample scores need a labelled dataset with 2+ classes and 2+ samples"}
     scores = sample_quality(torch.from_numpy(samples), train=load_split(data_dir, "train", manifest),
-                            val=load_split(data_dir, "val", manifest), test=test, levels=levels, n_classes=len(classes))
+                            val=load_split(data_dir, "val", manifest), test=test, levels=levels, n_classes=len(classes),
+                            sample_labels=torch.from_numpy(labels) if labels is not None and (labels >= 0).all() else None)
     tqdm.write(quality_table(scores))
     return scores
 
@@ -218,7 +247,10 @@ def evaluate(
     if samples.ndim != 4 or list(samples.shape[1:]) != list(manifest["shape"]) or samples.max(initial=0) >= mcfg.levels:
         raise PixelNetError(f"samples {samples_path} {samples.shape} do not fit the model (levels {mcfg.levels}, "
                             f"shape {manifest['shape']}); run `pixelnet sample` with this model")
-    metrics.update(sample_scores(samples, data_dir=data_dir, manifest=manifest, test=test, levels=mcfg.levels))
+    labels_path = Path(samples_path).parent / "labels.npy"  # written beside samples.npy by `sample`
+    labels = np.load(labels_path, allow_pickle=False) if labels_path.is_file() else None
+    metrics.update(sample_scores(samples, data_dir=data_dir, manifest=manifest, test=test, levels=mcfg.levels,
+                                 labels=labels))
     real = test.images[: cfg.grid_n]
     side_by_side(image_grid(samples[: cfg.grid_n], mcfg.levels), image_grid(real, mcfg.levels)).save(
         out_dir / "samples_vs_real.png")
