@@ -143,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="pixelnet-repro-"))
     try:
         copies = [root / "run-a", root / "run-b"]
-        locks = []
-        for copy in copies:  # one after the other: each run owns the CPU
-            copy.mkdir()
-            make_copy(copy, SMALL + args.set)
-            locks.append(run_pipeline(copy))
+        copies[0].mkdir()
+        make_copy(copies[0], SMALL + args.set)
+        shutil.copytree(copies[0], copies[1])  # one snapshot of the tree for both, however it changes meanwhile
+        locks = [run_pipeline(copy) for copy in copies]  # one after the other: each run owns the CPU
         rows = compare(*copies, *locks)
         width = max(len(r[0]) for r in rows)
         print("\nreproducibility check: stage outputs of two runs from scratch")
