@@ -77,8 +77,9 @@ def test_processed_tensors_out_of_range_or_wrong_dtype(run_cli, tmp_path, tiny_p
     assert not (d / "m.pt").exists()
 
 
-def test_corrupt_checkpoint(run_cli, tmp_path, tiny_params):
-    (tmp_path / "m.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+@pytest.mark.parametrize("content", [b"PK\x03\x04 not really a checkpoint", b"junk"])
+def test_corrupt_checkpoint(run_cli, tmp_path, tiny_params, content):
+    (tmp_path / "m.pt").write_bytes(content)
     result = run_cli("sample", "--params", tiny_params, "--model", tmp_path / "m.pt", "--out", tmp_path / "s")
-    assert_clean(result, "m.pt")
+    assert_clean(result, "m.pt", "corrupt or truncated")
     assert not (tmp_path / "s").exists()

@@ -61,8 +61,10 @@ def read_checkpoint(path: Path) -> dict:
             f"refusing to load {path}: it contains objects other than tensors and plain data, which could run code "
             f"({str(e).splitlines()[0]}). Only load checkpoints written by PixelNet."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise PixelNetError(f"cannot read checkpoint {path} ({e}); it is corrupt or truncated: train again") from None
+    except Exception as e:  # torch.load fails in many ways on a damaged file (RuntimeError, EOFError, struct.error, ...)
+        raise PixelNetError(
+            f"cannot read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt or truncated: train again"
+        ) from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise PixelNetError(f"{path} is not a PixelNet checkpoint (no config/state_dict)")
     if ckpt.get("schema_version") != SCHEMA_VERSION:
