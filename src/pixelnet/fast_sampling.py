@@ -6,7 +6,7 @@ noise, from logits that equal the full forward pass's up to float rounding.
 Instead of one forward pass per sub-pixel it asks the model's incremental
 form (`incremental`) for the logits of one sub-pixel at a time: about one
 forward pass of arithmetic in total, plus a fixed overhead per sub-pixel.
-`labels` (beyond sample_naive's arguments) feed a conditional model.
+A conditional model takes its class `labels`, as in sample_naive.
 
 An architecture gets fast sampling by providing an incremental form with
 the `Incremental` methods and an entry in `IMPLEMENTATIONS`.
