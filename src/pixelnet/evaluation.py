@@ -18,9 +18,13 @@ from pixelnet.likelihood import bits_per_dim
 from pixelnet.training import total_nll_nats
 
 
-def test_nll(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Test NLL in bits/dim and nats/image (exact discrete likelihood, no dequantization offset)."""
-    total = total_nll_nats(model, images, batch_size=batch_size, device=device)
+def test_nll(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device,
+             labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Test NLL in bits/dim and nats/image (exact discrete likelihood, no dequantization offset).
+
+    labels (N,): the classes, used by a conditional model (then the NLL is conditional on them).
+    """
+    total = total_nll_nats(model, images, batch_size=batch_size, device=device, labels=labels)
     n = len(images)
     return {
         "test_bits_per_dim": bits_per_dim(total, n, images[0].numel()),

@@ -85,7 +85,12 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
     manifest = read_manifest(data_dir)
     train_split, val_split = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
     c, h, w = manifest["shape"]
-    model_cfg = replace(params.model, levels=manifest["levels"], image_channels=c, height=h, width=w)
+    n_classes = len(manifest["classes"]) if manifest.get("labeled") else 0
+    if params.model.conditional and n_classes < 2:
+        raise PixelNetError(f"model.conditional: true needs a labelled dataset with 2+ classes, and {data_dir} has "
+                            f"{n_classes}: use one subfolder per class, or set model.conditional: false")
+    model_cfg = replace(params.model, levels=manifest["levels"], image_channels=c, height=h, width=w,
+                        n_classes=n_classes)
     model = build_model(model_cfg)
     device = select_device(params.train.device)
     _mkdir(reports_dir)
@@ -237,7 +242,7 @@ def evaluate(
     test = load_split(data_dir, "test", manifest)
     if manifest["levels"] != mcfg.levels or list(manifest["shape"]) != [mcfg.image_channels, mcfg.height, mcfg.width]:
         raise PixelNetError(f"model {model_path} was trained on different data than {data_dir}: train again")
-    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device)
+    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels)
     metrics["test_images"] = len(test.images)
     _mkdir(out_dir)
     try:

@@ -57,7 +57,8 @@ class ModelConfig:
         require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
         require(self.image_channels in (1, 3), s, "image_channels", "must be 1 or 3", self.image_channels)
         require(self.height >= 1 and self.width >= 1, s, "height/width", "must be >= 1", (self.height, self.width))
-        require(not self.conditional or self.n_classes >= 2, s, "conditional",
+        # n_classes is 0 until the data fills it in (params.yaml cannot set it); then a conditional model needs 2+.
+        require(not self.conditional or self.n_classes != 1, s, "conditional",
                 "needs a labelled dataset with at least 2 classes", self.n_classes)
 
 
