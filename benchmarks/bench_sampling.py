@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"# sampling benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"model: {cfg.arch}, {cfg.channels} channels, {cfg.blocks} blocks, kernels {cfg.first_kernel}/{cfg.kernel}, "
           f"norm {cfg.norm}, {c}x{h}x{w}, {cfg.levels} levels, {n_params:,} parameters ({source})\n")
     print("| n | naive s | fast s | naive / fast | forward s | fast / forward | identical |")
