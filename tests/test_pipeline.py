@@ -177,7 +177,8 @@ def test_sample_and_score_from_the_registry(scenario, run_cli, tmp_path, monkeyp
         model = mlflow.pyfunc.load_model("models:/pixelnet@candidate")
         scores = model.predict(np.load(scenario.repo / "data/processed/test_images.npy")[:3])
     finally:
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(None)  # this also drops MLFLOW_TRACKING_URI from the environment: set it again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert scores.shape == (3,) and np.all((scores > 0) & (scores < 9))
     missing = run_cli("sample", "--params", scenario.repo / "params.yaml", "--model", "models:/pixelnet@nope",
                       "--out", tmp_path / "none")
