@@ -36,6 +36,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the rename below must not land before the bytes (a crash of the machine)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's owner-only 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
