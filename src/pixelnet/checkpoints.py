@@ -1,14 +1,21 @@
-"""Model checkpoints: config + weights + schema version, saved atomically, loaded safely.
+"""Model checkpoints and the training state: saved atomically, loaded safely.
 
 A checkpoint is a `torch.save`d dict of plain types and tensors:
 {"schema_version", "config" (ModelConfig as a dict), "state_dict", "meta"}.
 `load_model` is the one loader every command uses: it reads with
 `weights_only=True`, so no arbitrary object is ever unpickled, and rebuilds
 the model through `build_model` from the stored config.
+
+The training state (training.capture, plus the stage's fingerprint and step
+log) is what a killed run resumes from.  It is written the same atomic way and
+read the same safe way; `parse_train_state` turns any failure into one
+PixelNetError, which the train stage reports before training afresh.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -18,9 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pixelnet.config import TrainConfig
+from pixelnet.data.processed import sha256_file
 from pixelnet.errors import PixelNetError
 from pixelnet.model import ModelConfig, build_model
 from pixelnet.schema import from_mapping, to_dict
+from pixelnet.training import STATE_FORMAT
 
 SCHEMA_VERSION = 1
 
@@ -89,3 +99,72 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[nn.Mo
     except RuntimeError as e:
         raise PixelNetError(f"checkpoint {path} does not match its config ({e}); retrain the model") from None
     return model.to(device).eval(), config
+
+
+def save_train_state(state: dict, path: Path) -> None:
+    atomic_torch_save(state, path)
+
+
+def read_train_state(path: Path) -> bytes | None:
+    """The saved training state's bytes, or None when there is none."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise PixelNetError(f"cannot read the training state {path}: {e.strerror}; fix its permissions, "
+                            "or delete it to train afresh") from None
+
+
+def parse_train_state(data: bytes, path: Path) -> dict:
+    """A training state from its bytes, loaded with weights_only=True; a PixelNetError naming `path` otherwise."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise PixelNetError(f"refusing to load the training state {path}: it holds objects other than tensors and "
+                            f"plain data, which could run code ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # a damaged file fails in many ways (RuntimeError, EOFError, struct.error, ...)
+        raise PixelNetError(f"cannot read the training state {path} ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
+        raise PixelNetError(f"{path} is not a PixelNet training state (no fingerprint)")
+    return state
+
+
+def fingerprint_changes(saved: dict, current: dict) -> list[str]:
+    """What differs between two fingerprints, as `key: saved -> current` (long hashes shortened)."""
+    def short(v: object) -> str:
+        return f"{v[:12]}..." if isinstance(v, str) and len(v) == 64 else repr(v)
+
+    return [f"{k}: {short(saved.get(k))} -> {short(current.get(k))}"
+            for k in sorted(set(saved) | set(current), key=str) if saved.get(k) != current.get(k)]
+
+
+# What a training run's result depends on besides params and data: the modules its arithmetic runs through.
+TRAINING_CODE = ("model", "training.py", "likelihood.py", "distributed.py")
+# train params that leave the weights alone: how often the state is saved, the device's name (its kind is
+# fingerprinted), and the time budget, which is checked again on every start against the saved training time.
+NOT_FINGERPRINTED = {"checkpoint_every", "device", "max_minutes"}
+
+
+def training_code_sha256() -> str:
+    src = Path(__file__).parent
+    files = sorted(f for name in TRAINING_CODE
+                   for f in ([src / name] if name.endswith(".py") else (src / name).rglob("*.py")))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def train_fingerprint(train: TrainConfig, model: ModelConfig, *, data_dir: Path, world_size: int,
+                      device: torch.device) -> dict:
+    """Everything that decides a training run's weights: a saved state is resumed only while this is unchanged.
+
+    A different number of processes changes the BatchNorm statistics and the order of float sums, and a
+    different device kind (cpu, cuda) different kernels, so either starts afresh.
+    """
+    return ({f"train.{k}": v for k, v in to_dict(train).items() if k not in NOT_FINGERPRINTED}
+            | {f"model.{k}": v for k, v in to_dict(model).items()}
+            | {"data manifest sha256": sha256_file(Path(data_dir) / "manifest.json"), "world size": world_size,
+               "device type": device.type, "torch": str(torch.__version__),
+               "training code sha256": training_code_sha256(), "state format": STATE_FORMAT})

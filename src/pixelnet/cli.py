@@ -138,16 +138,28 @@ def train(
         help="validation report directory written by `validate`: refuse data that failed or skipped it")] = None,
     mlflow: Annotated[bool, typer.Option(
         "--mlflow", help="track the run in MLflow, register the model, write REPORTS/mlflow_run.json")] = False,
+    state: Annotated[Path | None, typer.Option(
+        help="the resume state, saved as training goes and resumed after a kill "
+             "[default: beside --model, MODEL's name with .state.pt]")] = None,
 ) -> None:
-    """Train the model (params: model, train) and save a checkpoint."""
+    """Train the model (params: model, train) and save a checkpoint; resumes a killed run from --state.
+
+    Under `torchrun --nproc_per_node N -m pixelnet train ...` it trains data-parallel; rank 0 alone writes
+    files and tracks in MLflow.
+    """
     from pixelnet import stages
+    from pixelnet.distributed import is_main_process
 
     p = _params(params, set_)
     if validation is not None:
         from pixelnet.validation import check_validated
 
         check_validated(validation, data)
-    work = lambda: stages.train(p, data_dir=data, model_path=model, reports_dir=reports)  # noqa: E731
+    state = state if state is not None else model.with_name(f"{model.stem}.state.pt")
+    work = lambda: stages.train(p, data_dir=data, model_path=model, reports_dir=reports, state_path=state)  # noqa: E731
+    if not is_main_process():
+        work()  # the other ranks of a torchrun job compute only: rank 0 reports, writes and tracks
+        return
     if not mlflow:
         _report(work())
         return

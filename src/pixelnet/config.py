@@ -67,6 +67,8 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = off; else the EMA of the weights is what is validated and saved
     max_minutes: float | None = None  # wall-clock budget, checked between epochs (see training.py)
     compile: bool = False  # torch.compile the loss and its backward
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: bfloat16 autocast around the forward pass (GPUs)
+    checkpoint_every: int = 50  # optimizer steps between saves of the resume state; 0 = at epoch ends only
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -79,6 +81,8 @@ class TrainConfig:
         require(0.0 <= self.ema_decay < 1.0, s, "ema_decay", "must be in [0, 1) (0 turns EMA off)", self.ema_decay)
         require(self.max_minutes is None or self.max_minutes > 0, s, "max_minutes", "must be > 0 or null (no budget)",
                 self.max_minutes)
+        require(self.checkpoint_every >= 0, s, "checkpoint_every", "must be >= 0 (0: save at epoch ends only)",
+                self.checkpoint_every)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pixelnet.checkpoints import load_model, save_checkpoint
+from pixelnet import distributed
+from pixelnet.checkpoints import (fingerprint_changes, load_model, parse_train_state, read_train_state,
+                                  save_checkpoint, save_train_state, train_fingerprint)
 from pixelnet.config import CompleteConfig, DataConfig, EvaluateConfig, Params, SampleConfig
 from pixelnet.data.preprocess import preprocess as preprocess_data
 from pixelnet.data.processed import load_split, read_manifest, sha256_file
@@ -33,7 +35,7 @@ from pixelnet.model import build_model
 from pixelnet.quality import format_table as quality_table
 from pixelnet.quality import sample_quality
 from pixelnet.sampling import sample_naive, sampling_noise
-from pixelnet.training import EpochRecord, batches_per_epoch, fit, select_device
+from pixelnet.training import EpochRecord, Progress, batches_per_epoch, finished, fit, restore_final, select_device
 
 
 def _mkdir(path: Path) -> Path:
@@ -79,8 +81,47 @@ def preprocess(cfg: DataConfig, *, raw_dir: Path, out_dir: Path) -> dict:
     return preprocess_data(cfg, raw_dir, out_dir)
 
 
-def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path) -> dict:
-    """Train the configured model on data_dir's train split; write the checkpoint and reports."""
+def _saved_state(path: Path | None, fingerprint: dict, dist: distributed.Dist) -> dict | None:
+    """The state to continue from: rank 0 reads it and every rank gets its bytes; None to train afresh."""
+    if path is None:
+        return None
+    data = dist.share(read_train_state(path) if dist.main else None)
+    if data is None:
+        return None
+    say = tqdm.write if dist.main else (lambda _: None)
+    try:
+        state = parse_train_state(data, path)
+    except PixelNetError as e:
+        say(f"{e}: training afresh; the state will be overwritten")
+        return None
+    changes = fingerprint_changes(state["fingerprint"], fingerprint)
+    if changes:
+        say(f"params, data or code changed since the training state {path} was saved ({'; '.join(changes)}): "
+            "training afresh; the state will be overwritten")
+        return None
+    return state
+
+
+def _pack_steps(steps: list[dict]) -> dict:
+    return {"step": torch.tensor([s["step"] for s in steps], dtype=torch.long),
+            "epoch": torch.tensor([s["epoch"] for s in steps], dtype=torch.long),
+            "train_bpd": torch.tensor([s["train_bpd"] for s in steps], dtype=torch.float64)}
+
+
+def _unpack_steps(packed: dict) -> list[dict]:
+    return [{"step": s, "epoch": e, "train_bpd": b}
+            for s, e, b in zip(packed["step"].tolist(), packed["epoch"].tolist(), packed["train_bpd"].tolist())]
+
+
+def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path, state_path: Path | None = None) -> dict:
+    """Train the configured model on data_dir's train split; write the checkpoint and reports.
+
+    With state_path, the run's full state is saved there as it goes (train.checkpoint_every, and every epoch
+    end).  Started again after a kill with the same fingerprint (train_fingerprint), it resumes and ends with
+    the weights and reports an uninterrupted run would have; if that run had finished, nothing is retrained
+    and the outputs are written again from the state.  Other params start afresh, and say why.
+    Under torchrun every process trains; rank 0 alone reads the state and writes files.
+    """
     make_deterministic(params.train.seed)  # before the model is built: its initial weights are drawn too
     manifest = read_manifest(data_dir)
     train_split, val_split = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
@@ -92,38 +133,69 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
     model_cfg = replace(params.model, levels=manifest["levels"], image_channels=c, height=h, width=w,
                         n_classes=n_classes)
     model = build_model(model_cfg)
-    device = select_device(params.train.device)
-    _mkdir(reports_dir)
+    with distributed.session(params.train.device, batch_size=params.train.batch_size) as (dist, device):
+        if dist.main:
+            _mkdir(reports_dir)
+            if state_path is not None:
+                _mkdir(Path(state_path).parent)
+        fingerprint = train_fingerprint(params.train, model_cfg, data_dir=data_dir, world_size=dist.world_size,
+                                        device=device)
+        state = _saved_state(state_path, fingerprint, dist)
+        steps = _unpack_steps(state["steps"]) if state is not None else []
+        history = _run_training(params, model, train_split, val_split, device=device, dist=dist, state=state,
+                                state_path=state_path, fingerprint=fingerprint, steps=steps)
+        metrics = _write_train_outputs(params, model, model_cfg, history, steps, data_dir=data_dir,
+                                       model_path=model_path, reports_dir=reports_dir) if dist.main else {}
+        dist.barrier()  # every process ends once the outputs exist
+    return metrics
 
-    steps: list[dict] = []
-    epochs: list[EpochRecord] = []
-    per_epoch = batches_per_epoch(len(train_split.images), params.train.batch_size)
-    with tqdm(total=per_epoch * params.train.epochs, desc="train", unit="batch", mininterval=1.0) as bar:
+
+def _run_training(params: Params, model, train_split, val_split, *, device, dist: distributed.Dist, state: dict | None,
+                  state_path: Path | None, fingerprint: dict, steps: list[dict]) -> list[EpochRecord]:
+    """fit, from the saved state if any, saving as it goes; or, for a finished state, its final weights."""
+    cfg = params.train
+    total = batches_per_epoch(len(train_split.images), cfg.batch_size) * cfg.epochs
+    say = tqdm.write if dist.main else (lambda _: None)
+    if state is not None:
+        progress = Progress.from_state(state["progress"])
+        if finished(progress, cfg):
+            say(f"training already finished (step {progress.step} of {total}, {len(progress.history)} epochs) "
+                f"in {state_path}: writing the model and reports again without retraining")
+            restore_final(model, state)
+            return progress.history
+        say(f"resuming from step {progress.step} of {total} (epoch {progress.epoch}) saved in {state_path}")
+
+    def on_save(full: dict) -> None:
+        save_train_state(full | {"fingerprint": fingerprint, "steps": _pack_steps(steps)}, state_path)
+
+    with tqdm(total=total, initial=len(steps), desc="train", unit="batch", mininterval=1.0,
+              disable=not dist.main) as bar:
         def on_step(step: int, epoch: int, loss_bpd: float) -> None:
             steps.append({"step": step, "epoch": epoch, "train_bpd": loss_bpd})
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss_bpd=f"{loss_bpd:.4f}", refresh=False)
 
         def on_epoch(record: EpochRecord) -> None:
-            epochs.append(record)
-            tqdm.write(f"epoch {record.epoch}: train {record.train_bpd:.4f} bits/dim, "
-                       f"val {record.val_bpd:.4f} bits/dim, {record.images_per_s:.0f} images/s")
+            say(f"epoch {record.epoch}: train {record.train_bpd:.4f} bits/dim, "
+                f"val {record.val_bpd:.4f} bits/dim, {record.images_per_s:.0f} images/s")
 
-        t0 = time.perf_counter()
-        fit(model, train_split, val_split, params.train, device=device, on_step=on_step, on_epoch=on_epoch)
-        seconds = time.perf_counter() - t0
+        return fit(model, train_split, val_split, cfg, device=device, on_step=on_step, on_epoch=on_epoch,
+                   on_save=on_save if state_path is not None else None, resume=state, dist=dist)
 
+
+def _write_train_outputs(params: Params, model, model_cfg, history: list[EpochRecord], steps: list[dict], *,
+                         data_dir: Path, model_path: Path, reports_dir: Path) -> dict:
     pd.DataFrame(steps).to_csv(reports_dir / "steps.csv", index=False)
-    pd.DataFrame([vars(r) for r in epochs]).to_csv(reports_dir / "epochs.csv", index=False)
-    last = epochs[-1]
+    pd.DataFrame([vars(r) for r in history]).to_csv(reports_dir / "epochs.csv", index=False)
+    last = history[-1]
     metrics = {
         "train_bits_per_dim": last.train_bpd,
         "val_bits_per_dim": last.val_bpd,
-        "train_seconds": seconds,
-        "images_per_s": sum(r.images_per_s * r.seconds for r in epochs) / sum(r.seconds for r in epochs),
-        "epochs": len(epochs),
+        "train_seconds": last.elapsed_seconds,  # summed over the sessions of a resumed run
+        "images_per_s": sum(r.images_per_s * r.seconds for r in history) / sum(r.seconds for r in history),
+        "epochs": len(history),
         "epochs_planned": params.train.epochs,
-        "budget_bound": len(epochs) < params.train.epochs,  # train.max_minutes stopped it: not reproducible
+        "budget_bound": len(history) < params.train.epochs,  # train.max_minutes stopped it: not reproducible
         "steps": last.step,
         "parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -3,8 +3,9 @@
 Nothing here knows about PixelCNN internals, files or MLflow: `fit` takes a
 model, two splits of integer-level images and a TrainConfig, and reports
 each step and epoch to optional callbacks (the stage wires in CSVs, progress
-bars and tracking).  The whole dataset stays one uint8 tensor; batches are
-slices of a seeded permutation, so a seeded run repeats exactly.
+bars, tracking and the resume state).  The whole dataset stays one uint8
+tensor; batches are slices of a seeded permutation, so a seeded run repeats
+exactly.
 
 Time to quality (train section of params.yaml):
 - `lr_schedule: cosine` warms the learning rate up linearly over the first
@@ -15,29 +16,57 @@ Time to quality (train section of params.yaml):
   returns holds it, so the EMA weights are what gets saved and evaluated.
 - `max_minutes` is a wall-clock budget, checked only between epochs: training
   stops before an epoch that, at the average pace so far, would end past the
-  budget.  The schedule stays the one planned for `epochs`, so a run the
-  budget does not stop is bit-for-bit the run without a budget; one it stops
-  depends on the machine's speed.  The stage records whether it stopped
-  (`budget_bound`); the reproducibility check uses a budget that never binds.
+  budget (`budget_binds`).  The schedule stays the one planned for `epochs`,
+  so a run the budget does not stop is bit-for-bit the run without a budget;
+  one it stops depends on the machine's speed.  The stage records whether it
+  stopped (`budget_bound`); the reproducibility check uses a budget that never
+  binds.
 - `compile: true` runs the loss and its backward through torch.compile
   (the compile time is part of the first epoch's time).
+- `precision: bf16` runs the forward pass under bfloat16 autocast; the loss is
+  computed in float32.  It is what makes GPUs fast; on a CPU without
+  AVX512-BF16 (or AMX) it is slower than float32.
+
+Resume after any kill: every `checkpoint_every` optimizer steps and at each
+epoch end, `fit` hands `on_save` the full state of the run (`capture`):
+weights, optimizer, schedule, EMA, every RNG, the position (epoch, batch,
+step), the epoch's partial loss sums, the training time so far and the epoch
+history, as tensors and plain types that load with weights_only=True.  The
+data order is kept as the order generator's state at the start of the epoch
+in progress: the permutation is drawn again and the batches done are skipped.
+`fit(..., resume=state)` continues from such a state and ends bit for bit
+where the uninterrupted run ends.  Where the state is written, and whether a
+saved one may be used, is the stage's business (stages.train).
+
+Data parallel under torchrun (`dist`, distributed.py): every rank draws the
+same permutation and trains on its slice of each global batch; DDP averages
+the gradients; the reported loss is the mean over ranks.  Only rank 0
+validates and saves; decisions that depend on its clock are broadcast.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.config import TrainConfig
 from pixelnet.data.processed import Split
+from pixelnet.distributed import Dist, select_device
 from pixelnet.likelihood import bits_per_dim, nats_to_bits_per_dim
+
+__all__ = ["EMA", "EpochRecord", "Progress", "TrainStep", "capture", "finished", "fit", "restore_final",
+           "select_device", "total_nll_nats"]
+
+STATE_FORMAT = 1  # the layout of `capture`'s dict
 
 
 @dataclass
@@ -54,12 +83,6 @@ class EpochRecord:
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
 EpochCallback = Callable[[EpochRecord], None]
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def nll_nats(logits: torch.Tensor, x: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
@@ -146,18 +169,28 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, x) -> me
 
 
 class TrainStep:
-    """One optimizer step on a batch (loss, backward, Adam, schedule, EMA): what `fit` repeats and benchmarks time."""
+    """One optimizer step on a batch (loss, backward, Adam, schedule, EMA): what `fit` repeats and benchmarks time.
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss = nll_nats) -> None:
+    `model` is what the forward pass runs through (under torchrun, the DDP wrapper); `module` the network
+    itself, whose weights the EMA averages (default: `model`).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss = nll_nats,
+                 module: nn.Module | None = None) -> None:
         self.model = model
-        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.module = model if module is None else module
+        self.opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
         warmup = round(cfg.warmup_fraction * total_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, total_steps, schedule=cfg.lr_schedule, warmup_steps=warmup))
-        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = EMA(self.module, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        device_type = next(self.module.parameters()).device.type
+        bf16 = cfg.precision == "bf16"
 
         def loss_of(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-            return loss(forward(model, x, labels), x)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                logits = forward(model, x, labels)
+            return loss(logits.float(), x)  # float32 loss (.float() is a no-op on float32 logits)
 
         self.loss_of = torch.compile(loss_of) if cfg.compile else loss_of
 
@@ -171,8 +204,94 @@ class TrainStep:
         self.opt.step()
         self.sched.step()
         if self.ema:
-            self.ema.update(self.model)
+            self.ema.update(self.module)
         return loss.detach()
+
+    def state_dict(self) -> dict:
+        ema = {"shadow": self.ema.shadow, "updates": self.ema.updates} if self.ema else None
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "ema": ema,
+                "last_lr": self.last_lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.ema:
+            for k, v in state["ema"]["shadow"].items():
+                self.ema.shadow[k].copy_(v)
+            self.ema.updates = state["ema"]["updates"]
+        self.last_lr = state["last_lr"]
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG a run could draw from, as tensors and plain types (weights_only-loadable)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n, p = state["numpy"], state["python"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+
+
+@dataclass
+class Progress:
+    """Where a run stands between two optimizer steps, besides its weights, optimizer and RNGs."""
+
+    epoch: int = 1  # the epoch in progress, from 1
+    batch: int = 0  # its batches done
+    step: int = 0  # optimizer steps done in all
+    loss_sum: float = 0.0  # the epoch's sum of batch loss (bits/dim) x batch size, so far
+    seen: int = 0  # the epoch's images so far
+    epoch_seconds: float = 0.0  # the epoch's training time so far
+    elapsed: float = 0.0  # the run's time so far, validation and earlier sessions included
+    order: torch.Tensor | None = None  # the data-order generator's state at the start of `epoch`
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_state(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"} | {
+            "history": [vars(r) for r in self.history]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        return cls(**{k: v for k, v in state.items() if k != "history"},
+                   history=[EpochRecord(**r) for r in state["history"]])
+
+
+def budget_binds(history: list[EpochRecord], cfg: TrainConfig) -> bool:
+    """train.max_minutes: the next epoch would end past the budget, at the average pace so far."""
+    if cfg.max_minutes is None or not history:
+        return False
+    elapsed = history[-1].elapsed_seconds
+    return elapsed + elapsed / len(history) > 60 * cfg.max_minutes
+
+
+def finished(progress: Progress, cfg: TrainConfig) -> bool:
+    """At an epoch boundary, with every epoch done or the time budget spent."""
+    return progress.batch == 0 and (len(progress.history) >= cfg.epochs or budget_binds(progress.history, cfg))
+
+
+def capture(step_fn: TrainStep, progress: Progress, device: torch.device) -> dict:
+    """The full state of a run, as `on_save` gets it.  Its tensors are the live ones: save or copy them at once."""
+    return {"format": STATE_FORMAT, "model": step_fn.module.state_dict(), "train_step": step_fn.state_dict(),
+            "rng": rng_state(device), "progress": progress.to_state()}
+
+
+def restore_final(model: nn.Module, state: dict) -> None:
+    """Give `model` the weights a finished run's state ends with, as `fit` leaves them (the EMA's if any)."""
+    ema = state["train_step"]["ema"]
+    model.load_state_dict(ema["shadow"] if ema else state["model"])
+    model.eval()
 
 
 def fit(
@@ -185,50 +304,79 @@ def fit(
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
     eval_batch_size: int = 256,
+    on_save: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    dist: Dist | None = None,
 ) -> list[EpochRecord]:
-    """Train `model` in place with Adam on cross-entropy; returns one record per epoch run.
+    """Train `model` in place with Adam on cross-entropy; returns one record per epoch run (resumed ones too).
 
-    With cfg.ema_decay > 0 the model ends up holding the EMA weights.
+    With cfg.ema_decay > 0 the model ends up holding the EMA weights.  `on_save(state)` is called on rank 0
+    every cfg.checkpoint_every steps and at each epoch end; `resume` is such a state to continue from.
     """
+    dist = dist or Dist(device=device)
     torch.manual_seed(cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
     per_epoch = batches_per_epoch(len(train.images), cfg.batch_size)
-    step_fn = TrainStep(model, cfg, total_steps=per_epoch * cfg.epochs)
+    step_fn = TrainStep(dist.wrap(model), cfg, total_steps=per_epoch * cfg.epochs, module=model)
+    progress = Progress(order=order.get_state())
+    if resume is not None:
+        step_fn.load_state_dict(resume["train_step"])
+        progress = Progress.from_state(resume["progress"])
+        set_rng_state(resume["rng"], device)
     eval_model = copy.deepcopy(model) if step_fn.ema else model  # holds the EMA weights for validation
-    use_labels = conditional(model)
-    dims = train.images[0].numel()
-    history: list[EpochRecord] = []
-    step = 0
-    began = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
+    began = time.perf_counter() - progress.elapsed
+
+    def save(at: Progress) -> None:
+        if on_save is not None and dist.main:
+            on_save(capture(step_fn, at, device))
+
+    while not dist.agree(finished(progress, cfg)):
+        t0 = time.perf_counter() - progress.epoch_seconds
+        order.set_state(progress.order)
         perm = torch.randperm(len(train.images), generator=order)
-        loss_sum, seen = 0.0, 0
-        for b in range(per_epoch):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = train.images[idx].to(device)
-            loss_bpd = nats_to_bits_per_dim(step_fn(x, train.labels[idx].to(device) if use_labels else None).item())
-            step += 1
-            loss_sum += loss_bpd * len(x)
-            seen += len(x)
+        for b in range(progress.batch, per_epoch):
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]  # the global batch; this rank takes its share
+            loss_bpd = _train_batch(step_fn, train, dist.shard(idx), device=device, dist=dist)
+            progress.step, progress.batch = progress.step + 1, progress.batch + 1
+            progress.loss_sum += loss_bpd * len(idx)
+            progress.seen += len(idx)
             if on_step:
-                on_step(step, epoch, loss_bpd)
+                on_step(progress.step, progress.epoch, loss_bpd)
+            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
+                progress.epoch_seconds, progress.elapsed = time.perf_counter() - t0, time.perf_counter() - began
+                save(progress)
         seconds = time.perf_counter() - t0
-        if step_fn.ema:
+        if step_fn.ema and dist.main:
             step_fn.ema.copy_to(eval_model)
-        val_bpd = bits_per_dim(
-            total_nll_nats(eval_model, val.images, batch_size=eval_batch_size, device=device,
-                           labels=val.labels if use_labels else None), len(val.images), dims,
-        ) if len(val.images) else float("nan")
+        val_bpd = _val_bpd(eval_model, val, batch_size=eval_batch_size, device=device) if dist.main else math.nan
         elapsed = time.perf_counter() - began
-        record = EpochRecord(epoch, step, loss_sum / seen, val_bpd, seconds, seen / seconds, step_fn.last_lr, elapsed)
-        history.append(record)
+        record = EpochRecord(progress.epoch, progress.step, progress.loss_sum / progress.seen, val_bpd, seconds,
+                             progress.seen / seconds, step_fn.last_lr, elapsed)
+        progress.history.append(record)
         if on_epoch:
             on_epoch(record)
-        if cfg.max_minutes is not None and epoch < cfg.epochs and elapsed + (elapsed / epoch) > 60 * cfg.max_minutes:
-            break  # the next epoch would end past the budget (at the average pace so far)
+        progress = Progress(epoch=progress.epoch + 1, step=progress.step, elapsed=elapsed, order=order.get_state(),
+                            history=progress.history)
+        save(progress)
     if step_fn.ema:
         step_fn.ema.copy_to(model)
     model.eval()
-    return history
+    return progress.history
+
+
+def _train_batch(step_fn: TrainStep, train: Split, idx: torch.Tensor, *, device: torch.device, dist: Dist) -> float:
+    """One optimizer step on train[idx]; the loss in bits/dim, averaged over ranks."""
+    x = train.images[idx].to(device)
+    labels = train.labels[idx].to(device) if conditional(step_fn.module) else None
+    return nats_to_bits_per_dim(dist.mean(step_fn(x, labels)).item())
+
+
+def _val_bpd(model: nn.Module, val: Split, *, batch_size: int, device: torch.device) -> float:
+    if not len(val.images):
+        return math.nan
+    labels = val.labels if conditional(model) else None
+    nats = total_nll_nats(model, val.images, batch_size=batch_size, device=device, labels=labels)
+    return bits_per_dim(nats, len(val.images), val.images[0].numel())
