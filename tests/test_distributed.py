@@ -1,0 +1,158 @@
+"""Data-parallel training under torchrun: 2 gloo processes on the CPU against 1 process with the same global batch.
+
+The loss trajectories are compared step by step (steps.csv):
+- with model.norm none, the two runs do the same arithmetic but for the
+  order of float sums (the per-rank losses and gradients are averaged over
+  ranks instead of summed over the whole batch at once), so they agree to
+  NORM_NONE_RTOL relative;
+- with BatchNorm, each rank normalizes with the statistics of its own half of
+  the batch (SyncBatchNorm, which would share them, refuses CPU modules in
+  torch 2.14.1), so the losses differ by more, within BATCHNORM_RTOL relative.
+  That they differ at all shows each rank trained on its own share.
+Each run is ~12 optimizer steps of a tiny model; the processes use one thread each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pixelnet import stages
+from pixelnet.config import load_params
+from tests.conftest import REPO, write_image_folder
+
+NORM_NONE_RTOL = 1e-4  # measured: 1.8e-7 (float summation order only)
+BATCHNORM_RTOL = 0.03  # measured: 9.3e-3 (per-rank BatchNorm statistics over 4 images each; steps 1..12)
+STEPS = 12
+
+PARAMS = (
+    "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
+    "model: {channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
+    "train: {epochs: 3, batch_size: 8, lr: 0.01, seed: 0, device: cpu, checkpoint_every: 2}\n"
+)
+
+
+def env() -> dict:
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+def train(data: Path, params: Path, out: Path, *overrides: str, processes: int = 1) -> subprocess.CompletedProcess:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
+    args = ["-m", "pixelnet", "train", "--params", str(params), "--data", str(data), "--model", str(out / "model.pt"),
+            "--reports", str(out / "reports")]
+    for o in overrides:
+        args += ["-S", o]
+    done = subprocess.run(launcher + args, env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Path, Path]:
+    """(params.yaml, preprocessed data): 32 training images of 8x8, so 4 global batches of 8 per epoch."""
+    root = tmp_path_factory.mktemp("ddp")
+    params = root / "params.yaml"
+    params.write_text(PARAMS)
+    folder = write_image_folder(root / "images", n_per_class=32)
+    cfg = load_params(params, [f"data.folder={folder}"]).data
+    stages.download(cfg, out_dir=root / "raw", cache_dir=root / "cache")
+    stages.preprocess(cfg, raw_dir=root / "raw", out_dir=root / "data")
+    return params, root / "data"
+
+
+@pytest.fixture(scope="module")
+def runs(prepared, tmp_path_factory) -> dict[tuple[str, int], Path]:
+    """Output directories of 1- and 2-process runs, with BatchNorm and without."""
+    params, data = prepared
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for norm in ("batch", "none"):
+        for processes in (1, 2):
+            out[norm, processes] = root / f"{norm}-{processes}"
+            train(data, params, out[norm, processes], f"model.norm={norm}", processes=processes)
+    return out
+
+
+def losses(out: Path) -> np.ndarray:
+    steps = pd.read_csv(out / "reports" / "steps.csv")
+    assert list(steps["step"]) == list(range(1, STEPS + 1))
+    return steps["train_bpd"].to_numpy()
+
+
+def max_relative_deviation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b) / np.abs(a)))
+
+
+def test_two_processes_without_batchnorm_follow_the_one_process_trajectory(runs):
+    deviation = max_relative_deviation(losses(runs["none", 1]), losses(runs["none", 2]))
+    print(f"norm none: max relative deviation of the per-step loss {deviation:.2e} (tolerance {NORM_NONE_RTOL})")
+    assert deviation < NORM_NONE_RTOL
+
+
+def test_two_processes_with_batchnorm_agree_within_the_stated_tolerance(runs):
+    deviation = max_relative_deviation(losses(runs["batch", 1]), losses(runs["batch", 2]))
+    print(f"norm batch: max relative deviation of the per-step loss {deviation:.2e} (tolerance {BATCHNORM_RTOL})")
+    assert 0 < deviation < BATCHNORM_RTOL  # > 0: each rank normalized its own half of the batch
+
+
+def test_rank_zero_alone_writes_and_the_outputs_are_complete(runs):
+    out = runs["batch", 2]
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "model.state.pt", "reports"]
+    assert sorted(p.name for p in (out / "reports").iterdir()) == ["epochs.csv", "metrics.json", "steps.csv"]
+    metrics = json.loads((out / "reports" / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS and metrics["epochs"] == 3
+    state = torch.load(out / "model.state.pt", weights_only=True)
+    assert state["fingerprint"]["world size"] == 2
+    assert not any(k.startswith("module.") for k in state["model"])  # the network's own keys, not DDP's
+
+
+def test_a_two_process_run_stopped_by_its_budget_resumes_to_the_same_weights(runs, prepared, tmp_path):
+    params, data = prepared
+    out = tmp_path / "stopped"
+    train(data, params, out, "model.norm=batch", "train.max_minutes=1e-6", processes=2)  # stops after epoch 1
+    assert json.loads((out / "reports" / "metrics.json").read_text())["epochs"] == 1
+    again = train(data, params, out, "model.norm=batch", processes=2)  # no budget now: it goes on
+    assert f"resuming from step 4 of {STEPS} (epoch 2)" in again.stdout
+    a = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(runs["batch", 2] / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "reports" / "steps.csv"),
+                                  pd.read_csv(runs["batch", 2] / "reports" / "steps.csv"))
+
+
+def test_a_batch_the_processes_cannot_share_equally_is_a_clean_error(run_cli, prepared, tmp_path, monkeypatch):
+    params, data = prepared
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    result = run_cli("train", "--params", params, "--data", data, "--model", tmp_path / "m.pt",
+                     "--reports", tmp_path / "r")
+    assert result.code == 2
+    assert "train.batch_size 8 is not divisible by the 3 processes" in result.err and "Traceback" not in result.err
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weights_in_float32():
+    from pixelnet.config import TrainConfig
+    from pixelnet.model import ModelConfig, build_model
+    from pixelnet.training import TrainStep
+
+    x = torch.randint(0, 4, (8, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    loss = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6))
+        step = TrainStep(model.train(), TrainConfig(precision=precision), total_steps=10)
+        loss[precision] = step(x)
+        assert loss[precision].dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert loss["bf16"] != loss["fp32"]  # bfloat16 arithmetic in the forward pass ...
+    assert torch.isclose(loss["bf16"], loss["fp32"], rtol=2e-2)  # ... with an 8-bit mantissa's accuracy
