@@ -26,8 +26,8 @@ import typer
 from pixelnet.errors import PixelNetError
 
 # OpenMP threads that wait by spinning take the cores from the other thread of the same op when the machine is
-# busy: on a shared 2-core machine training ran 2.5x faster with passive waiting (docs/training.md).  It must be
-# set before torch loads OpenMP; a value the user set wins.
+# busy: on the shared 2-core machine, 64 fast samples went from 119x to 346x faster than naive with passive
+# waiting (docs/sampling.md).  It must be set before torch loads OpenMP; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(
