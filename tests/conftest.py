@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,3 +71,12 @@ def tiny_params(tmp_path) -> Path:
         "evaluate: {batch_size: 8, grid_n: 8}\n"
     )
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine contended threads cost 5-10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

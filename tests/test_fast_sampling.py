@@ -15,13 +15,7 @@ from pixelnet.model import ModelConfig, build_model
 from pixelnet.sampling import sample_naive, sampling_noise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine contended threads cost 5-10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_model(**overrides) -> torch.nn.Module:

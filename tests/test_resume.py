@@ -31,13 +31,7 @@ WALL_CLOCK = ["seconds", "images_per_s", "elapsed_seconds"]  # epochs.csv column
 CFG = ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~10x faster on one thread than on two contending for a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def split(n: int, seed: int) -> Split:
