@@ -47,7 +47,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def random_default_model(seed: int) -> tuple[torch.nn.Module, ModelConfig]:
-    """The default model (params.yaml's model section on 28x28, 256 levels) with random weights."""
+    """ModelConfig()'s model (64 channels, 7 blocks, 7x7 then 3x3 kernels, 28x28, 256 levels) with random weights."""
     torch.manual_seed(seed)
     cfg = ModelConfig()
     return build_model(cfg).eval(), cfg
