@@ -13,7 +13,9 @@ from pixelnet.checkpoints import save_checkpoint
 from pixelnet.evaluation import completion_grid
 from pixelnet.fast_sampling import complete
 from pixelnet.sampling import sample_naive, sampling_noise
-from tests.test_fast_sampling import one_thread, random_model  # noqa: F401 (one_thread: autouse fixture)
+from tests.test_fast_sampling import random_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("image_channels, rows", [(1, 0), (1, 2), (3, 3), (1, 4)])
