@@ -140,6 +140,28 @@ def test_a_batch_the_processes_cannot_share_equally_is_a_clean_error(run_cli, pr
     assert "train.batch_size 8 is not divisible by the 3 processes" in result.err and "Traceback" not in result.err
 
 
+@pytest.mark.parametrize("env, overrides, message", [
+    ({"WORLD_SIZE": "2"}, [], "WORLD_SIZE is set but RANK, LOCAL_RANK is not: start data-parallel training with torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, [], "WORLD_SIZE=2, RANK=2, LOCAL_RANK=0 do not describe a world"),
+    ({"WORLD_SIZE": "two", "RANK": "0", "LOCAL_RANK": "0"}, [], "environment variable WORLD_SIZE='two' is not an integer"),
+    ({}, ["train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0 (0: save at epoch ends only), got -1"),
+    pytest.param({}, ["train.device=cuda"], "train.device is cuda but PyTorch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_a_bad_launch_or_train_param_is_a_clean_error(run_cli, prepared, tmp_path, monkeypatch, env, overrides, message):
+    params, data = prepared
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = [a for o in overrides for a in ("-S", o)]
+    result = run_cli("train", "--params", params, "--data", data, "--model", tmp_path / "m.pt",
+                     "--reports", tmp_path / "r", *args)
+    assert result.code == 2
+    assert message in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weights_in_float32():
     from pixelnet.config import TrainConfig
     from pixelnet.model import ModelConfig, build_model
