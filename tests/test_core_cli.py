@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -121,10 +122,19 @@ def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path):
     d = run_all(run_cli, tmp_path, params, folder)
     samples = np.load(d / "samples" / "samples.npy")
     assert samples.shape == (6, 3, 6, 6) and samples.max() <= 3
-    assert np.load(d / "samples" / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.load(d / "samples" / "labels.npy").tolist() == [0, 1, 2, 0, 1, 2]
     metrics = json.loads((d / "eval" / "metrics.json").read_text())
     assert 0 < metrics["test_bits_per_dim"] < 2.5
+    # -log p(x) = -log sum_y p(y) p(x | y) is at most log(3) nats above -log p(x | y) - log p(y) for the true y.
+    dims = 3 * 6 * 6
+    assert metrics["test_bits_per_dim"] < metrics["test_bits_per_dim_given_label"] + math.log2(3) / dims + 1e-6
     assert 0.0 <= metrics["samples_label_match"] <= 1.0
+    from pixelnet.checkpoints import read_checkpoint
+    from pixelnet.data.processed import load_split
+
+    train_labels = load_split(d / "processed", "train").labels
+    expected = (np.bincount(train_labels.numpy(), minlength=3) / len(train_labels)).tolist()
+    assert read_checkpoint(d / "model.pt")["meta"]["class_prior"] == pytest.approx(expected)
 
 
 def test_conditional_on_unlabelled_folder_is_a_clean_error(run_cli, tmp_path, tiny_params):
@@ -138,5 +148,12 @@ def test_conditional_on_unlabelled_folder_is_a_clean_error(run_cli, tmp_path, ti
     assert run_cli("preprocess", "--params", tiny_params, "--raw", d / "raw", "--out", d / "p").code == 0
     result = run_cli("train", "--params", tiny_params, "--data", d / "p", "--model", d / "m.pt", "--reports", d / "r",
                      "-S", "model.conditional=true")
-    assert_clean_error(result, "model.conditional: true needs a labelled dataset")
+    assert_clean_error(result, "model.conditional: true needs a labelled dataset", "model.conditional: auto or false")
     assert not (d / "m.pt").exists()
+    # auto (params.yaml's default) trains an unconditional model on unlabelled data.
+    result = run_cli("train", "--params", tiny_params, "--data", d / "p", "--model", d / "m.pt", "--reports", d / "r",
+                     "-S", "model.conditional=auto")
+    assert result.code == 0, result.err
+    from pixelnet.checkpoints import load_model
+
+    assert load_model(d / "m.pt")[1].conditional is False

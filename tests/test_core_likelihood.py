@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,3 +31,84 @@ def test_known_small_case_by_hand():
     assert float(nll_nats(logits, x)) == pytest.approx(expected_nats, rel=1e-6)
     expected_bpd = expected_nats / (2 * 2 * math.log(2))
     assert bits_per_dim(float(nll_nats(logits, x)), 2, 2) == pytest.approx(expected_bpd, rel=1e-6)
+
+
+def tiny_conditional(n_classes: int = 3):
+    from pixelnet.model import ModelConfig, build_model
+
+    cfg = ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=2, height=2, width=2,
+                      conditional=True, n_classes=n_classes)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # make the classes differ a lot, so that the marginal is not any one of them
+        model.embed.weight.normal_(0, 3.0)
+    return model
+
+
+def every_image(levels: int, height: int, width: int) -> torch.Tensor:
+    """All levels ** (H * W) grayscale images, (N, 1, H, W)."""
+    grid = torch.cartesian_prod(*[torch.arange(levels)] * (height * width))
+    return grid.view(-1, 1, height, width)
+
+
+@pytest.mark.parametrize("prior", [[1 / 3, 1 / 3, 1 / 3], [0.7, 0.3, 0.0]])
+def test_marginal_of_a_conditional_model_is_a_distribution_over_images(prior):
+    from pixelnet.evaluation import marginal_nll_nats
+
+    model = tiny_conditional()
+    images = every_image(2, 2, 2)  # all 16 binary 2x2 images
+    nll = marginal_nll_nats(model, images, prior=torch.tensor(prior), batch_size=5, device=torch.device("cpu"))
+    assert nll.shape == (16,)
+    assert float(torch.exp(-nll).sum()) == pytest.approx(1.0, abs=1e-6)  # sum_x p(x) = 1
+
+
+def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_reports_both():
+    from pixelnet.evaluation import class_prior, marginal_nll_nats, test_nll
+    from pixelnet.training import total_nll_nats
+
+    model, cpu = tiny_conditional(), torch.device("cpu")
+    images = every_image(2, 2, 2)
+    labels = torch.full((16,), 1)
+    nll = marginal_nll_nats(model, images, prior=torch.tensor([0.0, 1.0, 0.0]), batch_size=16, device=cpu)
+    given = total_nll_nats(model, images, batch_size=16, device=cpu, labels=labels)
+    assert float(nll.sum()) == pytest.approx(given, rel=1e-5)
+
+    labels = torch.arange(16) % 3
+    prior = class_prior(labels, 3)
+    assert prior.tolist() == pytest.approx([6 / 16, 5 / 16, 5 / 16])
+    out = test_nll(model, images, batch_size=4, device=cpu, labels=labels, prior=prior)
+    dims = 4
+    marginal = float(marginal_nll_nats(model, images, prior=prior, batch_size=16, device=cpu).sum())
+    assert out["test_bits_per_dim"] == pytest.approx(marginal / (16 * dims * math.log(2)), rel=1e-6)
+    assert out["test_bits_per_dim_given_label"] == pytest.approx(
+        total_nll_nats(model, images, batch_size=16, device=cpu, labels=labels) / (16 * dims * math.log(2)), rel=1e-6)
+    # p(x) >= p(y) p(x | y) for the true y: the marginal is at most -log p(y) above the conditional.
+    per_given = [total_nll_nats(model, images[k:k + 1], batch_size=1, device=cpu, labels=labels[k:k + 1]) for k in range(16)]
+    per_marginal = marginal_nll_nats(model, images, prior=prior, batch_size=16, device=cpu)
+    for k in range(16):
+        assert per_marginal[k] <= per_given[k] - math.log(prior[labels[k]]) + 1e-6
+    from pixelnet.model import build_model
+
+    unconditional = build_model(replace(model.config, conditional=False, n_classes=0)).eval()
+    out = test_nll(unconditional, images, batch_size=4, device=cpu, labels=labels, prior=prior)
+    assert set(out) == {"test_bits_per_dim", "test_nats_per_image"}
+
+
+def test_registered_model_scores_a_conditional_model_with_and_without_labels(tmp_path):
+    from pixelnet.checkpoints import save_checkpoint
+    from pixelnet.evaluation import marginal_nll_nats
+    from pixelnet.tracking import PixelNetPyfunc
+    from pixelnet.training import total_nll_nats
+
+    model, cpu = tiny_conditional(), torch.device("cpu")
+    images, prior = every_image(2, 2, 2), torch.tensor([0.5, 0.25, 0.25])
+    save_checkpoint(model, model.config, tmp_path / "m.pt", meta={"class_prior": prior.tolist()})
+    pyfunc = PixelNetPyfunc(str(tmp_path / "m.pt"))
+    marginal = marginal_nll_nats(model, images, prior=prior, batch_size=16, device=cpu) / (4 * math.log(2))
+    assert pyfunc.predict(images.numpy()) == pytest.approx(marginal.numpy(), rel=1e-5)
+    labels = [2] * 16
+    given = total_nll_nats(model, images[:1], batch_size=1, device=cpu, labels=torch.tensor([2])) / (4 * math.log(2))
+    assert pyfunc.predict(images.numpy(), params={"labels": labels})[0] == pytest.approx(given, rel=1e-5)
+    save_checkpoint(model, model.config, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="no saved class prior"):
+        PixelNetPyfunc(str(tmp_path / "old.pt")).predict(images.numpy())

@@ -90,6 +90,34 @@ def test_conditional_needs_classes():
     ModelConfig(conditional=True)  # from params.yaml: the classes come from the data later
 
 
+def test_conditional_auto_follows_the_data_and_is_checked_as_a_param():
+    from pixelnet.errors import ConfigError
+    from pixelnet.model import resolve_conditional
+    from pixelnet.schema import from_mapping
+
+    auto = from_mapping(ModelConfig, {"conditional": "auto"}, section="model")
+    assert [resolve_conditional(auto, n) for n in (0, 1, 2, 10)] == [False, False, True, True]
+    assert resolve_conditional(ModelConfig(conditional=False), 10) is False
+    assert resolve_conditional(ModelConfig(conditional=True), 10) is True
+    assert from_mapping(ModelConfig, {"conditional": True}, section="model").conditional is True
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError, match=r"model.conditional must be true or false or one of 'auto'"):
+            from_mapping(ModelConfig, {"conditional": bad}, section="model")
+    with pytest.raises(ValueError, match="resolve model.conditional"):
+        build_model(auto)  # the data decides first
+
+
+def test_sample_labels_take_turns_so_any_run_of_classes_holds_each_once():
+    from pixelnet.config import SampleConfig
+    from pixelnet.stages import sample_labels
+
+    labels, per_row = sample_labels(SampleConfig(n=256), ModelConfig(conditional=True, n_classes=10))
+    assert per_row == 10 and labels.shape == (256,)
+    assert all(sorted(labels[k:k + 10].tolist()) == list(range(10)) for k in range(0, 247))
+    assert torch.bincount(labels).tolist() == [26] * 6 + [25] * 4
+    assert sample_labels(SampleConfig(n=4), ModelConfig()) == (None, None)
+
+
 @pytest.mark.parametrize("arch, overrides", [
     ("gated", {}),
     ("gated", {"image_channels": 3, "channels": 24, "levels": 256}),
@@ -116,7 +144,7 @@ def test_fast_equals_naive_for_gated_conditional_and_rgb(arch, overrides, n, sta
     assert len(fast.unique()) > 1
 
 
-def test_cli_label_draws_one_class_and_stage_grid_has_a_row_per_class(tmp_path, run_cli):
+def test_cli_label_draws_one_class_and_stage_grid_has_a_column_per_class(tmp_path, run_cli):
     import json
 
     import numpy as np
@@ -128,11 +156,11 @@ def test_cli_label_draws_one_class_and_stage_grid_has_a_row_per_class(tmp_path, 
     params = tmp_path / "params.yaml"
     params.write_text("sample: {n: 6, seed: 1}\n")
     assert run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "all").code == 0
-    assert np.load(tmp_path / "all" / "labels.npy").tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.load(tmp_path / "all" / "labels.npy").tolist() == [0, 1, 2, 0, 1, 2]  # the classes take turns
     from PIL import Image
 
     grid = Image.open(tmp_path / "all" / "grid.png")
-    assert grid.size == (2 + 2 * 7, 2 + 3 * 7)  # 2 images per row, one row per class, 5x5 images + 2px padding
+    assert grid.size == (2 + 3 * 7, 2 + 2 * 7)  # one column per class, 2 rows, 5x5 images + 2px padding
     result = run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "two", "--label", "2")
     assert result.code == 0, result.err
     assert np.load(tmp_path / "two" / "labels.npy").tolist() == [2] * 6

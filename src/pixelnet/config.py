@@ -93,7 +93,7 @@ class SampleConfig:
     temperature: float = 1.0
     seed: int = 0
     method: Literal["fast", "naive"] = "fast"  # fast: cached, exact, same images as naive
-    label: int | None = None  # conditional models: draw only this class (null: one grid row per class)
+    label: int | None = None  # conditional models: draw only this class (null: the classes take turns, one grid column each)
 
     def __post_init__(self) -> None:
         s = self.SECTION

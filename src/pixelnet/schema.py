@@ -1,7 +1,7 @@
 """Frozen config dataclasses built from plain mappings, strictly.
 
 `from_mapping(Cls, mapping)` rejects unknown keys, checks each value against
-the field's annotation (int, float, str, bool, `X | None`, `Literal[...]`) and
+the field's annotation (int, float, str, bool, `Literal[...]`, unions of them, `X | None`) and
 lets the class's `__post_init__` check ranges through `require`.  Every
 message names the parameter as `section.key`, so a typo in params.yaml is an
 error that points at the line to fix, never a silent default.
@@ -38,8 +38,15 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, name)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], name)
+        for tp_i in inner:  # e.g. bool | Literal["auto"]: the first that takes the value
+            try:
+                return _coerce(value, tp_i, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name} must be {' or '.join(_type_name(a) for a in inner)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices or isinstance(value, bool):

@@ -28,10 +28,10 @@ from pixelnet.data.processed import load_split, read_manifest, sha256_file
 from pixelnet.data.rawformat import write_raw
 from pixelnet.data.sources import load_source
 from pixelnet.errors import PixelNetError
-from pixelnet.evaluation import completion_grid, image_grid, plot_loss_curves, side_by_side, test_nll
+from pixelnet.evaluation import class_prior, completion_grid, image_grid, plot_loss_curves, side_by_side, test_nll
 from pixelnet.fast_sampling import complete as complete_images
 from pixelnet.fast_sampling import sample_fast, supports
-from pixelnet.model import build_model
+from pixelnet.model import build_model, resolve_conditional
 from pixelnet.quality import format_table as quality_table
 from pixelnet.quality import sample_quality
 from pixelnet.sampling import sample_naive, sampling_noise
@@ -127,11 +127,11 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
     train_split, val_split = load_split(data_dir, "train", manifest), load_split(data_dir, "val", manifest)
     c, h, w = manifest["shape"]
     n_classes = len(manifest["classes"]) if manifest.get("labeled") else 0
-    if params.model.conditional and n_classes < 2:
+    if params.model.conditional is True and n_classes < 2:
         raise PixelNetError(f"model.conditional: true needs a labelled dataset with 2+ classes, and {data_dir} has "
-                            f"{n_classes}: use one subfolder per class, or set model.conditional: false")
+                            f"{n_classes}: use one subfolder per class, or set model.conditional: auto or false")
     model_cfg = replace(params.model, levels=manifest["levels"], image_channels=c, height=h, width=w,
-                        n_classes=n_classes)
+                        n_classes=n_classes, conditional=resolve_conditional(params.model, n_classes))
     model = build_model(model_cfg)
     with distributed.session(params.train.device, batch_size=params.train.batch_size) as (dist, device):
         if dist.main:
@@ -200,15 +200,20 @@ def _write_train_outputs(params: Params, model, model_cfg, history: list[EpochRe
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     write_json(reports_dir / "metrics.json", metrics)
-    save_checkpoint(model, model_cfg, model_path, meta={"data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json")})
+    meta = {"data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json")}
+    if model_cfg.conditional:  # p(y), with which a conditional model scores images without labels (PixelNetPyfunc)
+        meta["class_prior"] = class_prior(load_split(data_dir, "train").labels, model_cfg.n_classes).tolist()
+    save_checkpoint(model, model_cfg, model_path, meta=meta)
     return metrics
 
 
 def sample_labels(cfg: SampleConfig, mcfg) -> tuple[torch.Tensor | None, int | None]:
     """Class labels (n,) to draw for a conditional model, and the grid's images per row.
 
-    With sample.label set, every image is of that class; otherwise the classes
-    take turns in blocks of ceil(n / classes), one grid row per class.
+    With sample.label set, every image is of that class.  Otherwise the classes
+    take turns, image k of class k mod classes: every class is drawn equally
+    often, any `classes` consecutive images hold one of each, and the grid has
+    one column per class.
     """
     if not mcfg.conditional:
         if cfg.label is not None:
@@ -219,8 +224,7 @@ def sample_labels(cfg: SampleConfig, mcfg) -> tuple[torch.Tensor | None, int | N
         if cfg.label >= mcfg.n_classes:
             raise PixelNetError(f"sample.label={cfg.label} is not a class of this model: use 0 .. {mcfg.n_classes - 1}")
         return torch.full((cfg.n,), cfg.label, dtype=torch.long), None
-    per_row = -(-cfg.n // mcfg.n_classes)
-    return torch.arange(cfg.n) // per_row, per_row
+    return torch.arange(cfg.n) % mcfg.n_classes, mcfg.n_classes
 
 
 def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:
@@ -314,7 +318,8 @@ def evaluate(
     test = load_split(data_dir, "test", manifest)
     if manifest["levels"] != mcfg.levels or list(manifest["shape"]) != [mcfg.image_channels, mcfg.height, mcfg.width]:
         raise PixelNetError(f"model {model_path} was trained on different data than {data_dir}: train again")
-    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels)
+    prior = class_prior(load_split(data_dir, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
+    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels, prior=prior)
     metrics["test_images"] = len(test.images)
     _mkdir(out_dir)
     try:

@@ -37,7 +37,8 @@ class ModelConfig:
     first_kernel: int = 7
     kernel: int = 3
     norm: Literal["batch", "none"] = "batch"
-    conditional: bool = False  # a learned class embedding added in every layer
+    # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
+    conditional: bool | Literal["auto"] = False
     n_classes: int = 0  # from the data; used when conditional
     levels: int = 256
     image_channels: int = 1
@@ -58,7 +59,7 @@ class ModelConfig:
         require(self.image_channels in (1, 3), s, "image_channels", "must be 1 or 3", self.image_channels)
         require(self.height >= 1 and self.width >= 1, s, "height/width", "must be >= 1", (self.height, self.width))
         # n_classes is 0 until the data fills it in (params.yaml cannot set it); then a conditional model needs 2+.
-        require(not self.conditional or self.n_classes != 1, s, "conditional",
+        require(self.conditional is not True or self.n_classes != 1, s, "conditional",
                 "needs a labelled dataset with at least 2 classes", self.n_classes)
 
 
@@ -104,8 +105,17 @@ class PixelCNN(nn.Module):
         return out.transpose(1, 2)  # (B, levels, C, H, W)
 
 
+def resolve_conditional(config: ModelConfig, n_classes: int) -> bool:
+    """model.conditional for data with n_classes labelled classes (0: unlabelled): "auto" is conditional on 2+."""
+    if config.conditional == "auto":
+        return n_classes >= 2
+    return config.conditional
+
+
 def build_model(config: ModelConfig) -> nn.Module:
-    """The one constructor every command uses."""
+    """The one constructor every command uses (model.conditional resolved: true or false)."""
+    if config.conditional == "auto":
+        raise ValueError("resolve model.conditional 'auto' against the data first (resolve_conditional)")
     if config.arch == "pixelcnn":
         return PixelCNN(config)
     if config.arch == "gated":
