@@ -26,7 +26,7 @@ from pixelnet import stages
 from pixelnet.checkpoints import load_model
 from pixelnet.config import load_params
 from pixelnet.data.processed import load_split, read_manifest
-from pixelnet.evaluation import test_nll
+from pixelnet.evaluation import class_prior, test_nll
 from pixelnet.quality import sample_quality
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,8 @@ def measure(overrides: list[str], *, params_path: Path, work: Path, temperatures
     model, mcfg = load_model(run / "model.pt")
     manifest = read_manifest(data)
     test = load_split(data, "test", manifest)
-    nll = test_nll(model, test.images, batch_size=256, device=torch.device("cpu"), labels=test.labels)
+    prior = class_prior(load_split(data, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
+    nll = test_nll(model, test.images, batch_size=256, device=torch.device("cpu"), labels=test.labels, prior=prior)
     rows = []
     for t in temperatures or [params.sample.temperature]:
         out = run / f"sample-t{t}"
