@@ -48,7 +48,7 @@ def measure(overrides: list[str], *, params_path: Path, work: Path, temperatures
     manifest = read_manifest(data)
     test = load_split(data, "test", manifest)
     prior = class_prior(load_split(data, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
-    nll = test_nll(model, test.images, batch_size=256, device=torch.device("cpu"), labels=test.labels, prior=prior)
+    nll = test_nll(model, test.images, batch_size=64, device=torch.device("cpu"), labels=test.labels, prior=prior)
     rows = []
     for t in temperatures or [params.sample.temperature]:
         out = run / f"sample-t{t}"

@@ -124,7 +124,7 @@ class CompleteConfig:
 class EvaluateConfig:
     SECTION: ClassVar[str] = "evaluate"
 
-    batch_size: int = 256
+    batch_size: int = 64  # images per forward pass for the test NLL; on a CPU 64 beats 256 (cache)
     grid_n: int = 64  # real test images shown beside the samples
 
     def __post_init__(self) -> None:
