@@ -9,6 +9,7 @@ how far from the machine's matmul speed the convolutions run.
 
     python benchmarks/profile_training.py
     python benchmarks/profile_training.py --levels 2 --norm none
+    python benchmarks/profile_training.py --levels 2 --kernel 5 --batch 32 --conditional   # the default model
 """
 
 from __future__ import annotations
@@ -58,19 +59,23 @@ def main() -> None:
     ap.add_argument("--norm", default="batch", choices=["batch", "none"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--kernel", type=int, default=3, help="the blocks' masked k x k convs")
+    ap.add_argument("--conditional", action="store_true", help="class-conditional, 10 classes")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=64, blocks=7, levels=args.levels, norm=args.norm)).train()
+    model = build_model(ModelConfig(channels=64, blocks=7, kernel=args.kernel, levels=args.levels, norm=args.norm,
+                                    conditional=args.conditional, n_classes=10)).train()
     step = TrainStep(model, TrainConfig(batch_size=args.batch, lr=1e-3, lr_schedule="constant", warmup_fraction=0.0),
                      total_steps=args.steps + 3)
     x = torch.randint(0, args.levels, (args.batch, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (args.batch,)) if args.conditional else None
     for _ in range(3):
-        step(x)
+        step(x, y)
     t0 = time.perf_counter()
     with profile() as prof:
         for _ in range(args.steps):
-            step(x).item()
+            step(x, y).item()
     wall = (time.perf_counter() - t0) / args.steps
 
     shares: dict[str, float] = {}
@@ -80,7 +85,8 @@ def main() -> None:
         group = next((g for frag, g in GROUPS.items() if frag in ev.key), "other")
         shares[group] = shares.get(group, 0.0) + ev.self_cpu_time_total
     macs = conv_macs(model, 28, 28) * args.batch * 3  # forward + the two backward products
-    print(f"# {args.steps} steps of batch {args.batch}, levels {args.levels}, norm {args.norm}, "
+    print(f"# {args.steps} steps of batch {args.batch}, levels {args.levels}, kernel {args.kernel}, norm {args.norm}, "
+          f"{'conditional, ' if args.conditional else ''}"
           f"threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
           f"{wall * 1e3:.0f} ms a step under the profiler ({args.batch / wall:.0f} images/s)")
     print("| work | share of the step |")
