@@ -145,7 +145,8 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
         history = _run_training(params, model, train_split, val_split, device=device, dist=dist, state=state,
                                 state_path=state_path, fingerprint=fingerprint, steps=steps)
         metrics = _write_train_outputs(params, model, model_cfg, history, steps, data_dir=data_dir,
-                                       model_path=model_path, reports_dir=reports_dir) if dist.main else {}
+                                       train_labels=train_split.labels, model_path=model_path,
+                                       reports_dir=reports_dir) if dist.main else {}
         dist.barrier()  # every process ends once the outputs exist
     return metrics
 
@@ -184,7 +185,7 @@ def _run_training(params: Params, model, train_split, val_split, *, device, dist
 
 
 def _write_train_outputs(params: Params, model, model_cfg, history: list[EpochRecord], steps: list[dict], *,
-                         data_dir: Path, model_path: Path, reports_dir: Path) -> dict:
+                         data_dir: Path, train_labels: torch.Tensor, model_path: Path, reports_dir: Path) -> dict:
     pd.DataFrame(steps).to_csv(reports_dir / "steps.csv", index=False)
     pd.DataFrame([vars(r) for r in history]).to_csv(reports_dir / "epochs.csv", index=False)
     last = history[-1]
@@ -202,7 +203,7 @@ def _write_train_outputs(params: Params, model, model_cfg, history: list[EpochRe
     write_json(reports_dir / "metrics.json", metrics)
     meta = {"data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json")}
     if model_cfg.conditional:  # p(y), with which a conditional model scores images without labels (PixelNetPyfunc)
-        meta["class_prior"] = class_prior(load_split(data_dir, "train").labels, model_cfg.n_classes).tolist()
+        meta["class_prior"] = class_prior(train_labels, model_cfg.n_classes).tolist()
     save_checkpoint(model, model_cfg, model_path, meta=meta)
     return metrics
 
