@@ -1,4 +1,4 @@
-"""The reproducibility check: run the pipeline twice from scratch and compare every output.
+"""The reproducibility check: run the pipeline twice from scratch and compare every entry of dvc.lock.
 
     python pipeline/repro_check.py            # small params (below), two fresh copies
     python pipeline/repro_check.py -S train.epochs=2 --keep
@@ -7,15 +7,11 @@ It copies the working tree (git's tracked and untracked-but-not-ignored files,
 without dvc.lock, data or outputs) into two temporary directories, applies the
 small params, makes each copy a fresh git repository with its own DVC cache and
 MLflow database, and runs `dvc repro` in each.  It fails when `dvc status` is
-not clean after a run, or when a stage output differs between the two runs:
-
-- every output's hash in dvc.lock must match, except
-- outputs that record wall-clock times (train's metrics.json and epochs.csv,
-  sample.json, ...), which are compared by content with those fields removed
-  (JSON keys and CSV columns named *seconds or images_per_s), and
-- outputs that name an MLflow run (mlflow_run.json: a new run id each time) or
-  carry Great Expectations' timestamps (reports/validation/gx), which are not
-  compared; their deterministic parts are (the checkpoint, validation summary.json).
+not clean after a run, or when any entry of the two dvc.lock files differs:
+every stage's command, every dep's and param's recorded value, every output's
+hash.  No output may carry a wall-clock figure or a run id (dvc.yaml says
+where those go instead); the few files written beside the outputs that do
+differ between two runs are named in VARYING, and only there.
 
 CI runs it after the tests (.ci/run, .github/workflows/ci.yml).
 """
@@ -31,24 +27,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # data.levels=256: at 8x8, binarized digits repeat across splits, and the validate stage (rightly) stops on that.
 SMALL = ["data.size=8", "data.levels=256", "model.channels=8", "model.blocks=1", "train.epochs=1", "train.batch_size=128",
          "sample.n=4", "evaluate.grid_n=8", "complete.rows=4", "complete.images=2", "complete.per_image=2"]
-NOT_COMPARED = {"mlflow_run.json": "names the run's MLflow run id, new in every run",
-                "reports/validation/gx": "Great Expectations results and Data Docs carry timestamps"}
-TIMING = ("seconds", "images_per_s")
-
-
-def is_timing(name: str) -> bool:
-    return name.endswith(TIMING)
-
-
-def not_compared(path: str) -> str | None:
-    return NOT_COMPARED.get(path) or NOT_COMPARED.get(Path(path).name)
+# Files the stages write beside their outputs (not DVC outputs, so not in dvc.lock) that differ between two runs.
+VARYING = {"reports/train/timing.json": "train's wall-clock times",
+           "reports/sample/timing.json": "sample's wall-clock time",
+           "reports/complete/timing.json": "complete's wall-clock time",
+           "reports/validation/gx": "Great Expectations' results and Data Docs carry timestamps"}
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -100,40 +89,50 @@ def run_pipeline(copy: Path) -> dict:
     return yaml.safe_load((copy / "dvc.lock").read_text())
 
 
-def outputs(lock: dict) -> dict[str, str]:
-    """{output path: hash} over every stage of a parsed dvc.lock."""
-    return {out["path"]: out.get("md5") or out.get("hash", "") for stage in lock["stages"].values()
-            for out in stage.get("outs", [])}
+def entries(lock: dict) -> dict[str, object]:
+    """Every entry of a parsed dvc.lock, keyed `stage:cmd`, `stage:deps:PATH`, `stage:params:FILE:KEY`, `stage:outs:PATH`."""
+    out: dict[str, object] = {}
+    for name, stage in lock["stages"].items():
+        out[f"{name}:cmd"] = stage.get("cmd")
+        for kind in ("deps", "outs"):
+            for item in stage.get(kind, []):
+                out[f"{name}:{kind}:{item['path']}"] = {k: v for k, v in item.items() if k != "path"}
+        for file, values in (stage.get("params") or {}).items():
+            for key, value in values.items():
+                out[f"{name}:params:{file}:{key}"] = value
+    return out
 
 
-def without_timing(path: Path) -> object:
-    """A JSON or CSV output with its wall-clock fields removed, for comparison."""
-    if path.suffix == ".json":
-        return {k: v for k, v in json.loads(path.read_text()).items() if not is_timing(k)}
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path)
-        return frame[[c for c in frame.columns if not is_timing(c)]].to_csv(index=False)
-    return None
-
-
-def compare(a: Path, b: Path, lock_a: dict, lock_b: dict) -> list[tuple[str, str, str]]:
-    """(path, verdict, detail) per output; verdict is same, same-but-timing, not-compared or DIFFERENT."""
-    outs_a, outs_b = outputs(lock_a), outputs(lock_b)
+def compare(lock_a: dict, lock_b: dict) -> list[tuple[str, str, str]]:
+    """(entry, verdict, detail) for every entry of either lock; verdict is same or DIFFERENT."""
+    a, b = entries(lock_a), entries(lock_b)
     rows = []
-    for path in sorted(outs_a.keys() | outs_b.keys()):
-        reason = not_compared(path)
-        if reason:
-            rows.append((path, "not-compared", reason))
-        elif path not in outs_a or path not in outs_b:
-            rows.append((path, "DIFFERENT", "output of only one run"))
-        elif outs_a[path] == outs_b[path]:
-            rows.append((path, "same", outs_a[path]))
+    for key in sorted(a.keys() | b.keys()):
+        if key not in a or key not in b:
+            rows.append((key, "DIFFERENT", "in only one run's dvc.lock"))
+        elif a[key] == b[key]:
+            rows.append((key, "same", ""))
         else:
-            left, right = without_timing(a / path), without_timing(b / path)
-            same = left is not None and left == right
-            rows.append((path, "same-but-timing" if same else "DIFFERENT",
-                         "equal once wall-clock fields are removed" if same else f"{outs_a[path]} != {outs_b[path]}"))
+            rows.append((key, "DIFFERENT", f"{a[key]} != {b[key]}"))
     return rows
+
+
+def beside_outputs(a: Path, b: Path, lock: dict) -> list[tuple[str, str, str]]:
+    """(path, verdict, reason) for the files under reports/ that are not DVC outputs: they must be the same
+    in both runs unless VARYING names them (or a directory above them)."""
+    outs = {item["path"] for stage in lock["stages"].values() for item in stage.get("outs", [])}
+    files = {p.relative_to(root).as_posix() for root in (a, b) for p in (root / "reports").rglob("*") if p.is_file()}
+    rows = []
+    for rel in sorted(files - outs):
+        varying = next((reason for path, reason in VARYING.items() if rel == path or rel.startswith(path + "/")), None)
+        if varying:
+            if rel in VARYING:  # directories are listed once, by their VARYING entry
+                rows.append((rel, "varies", varying))
+            continue
+        same = (a / rel).is_file() and (b / rel).is_file() and (a / rel).read_bytes() == (b / rel).read_bytes()
+        rows.append((rel, "same" if same else "DIFFERENT", "" if same else "not an output, yet not in VARYING"))
+    return rows + [(path, "varies", reason) for path, reason in VARYING.items()
+                   if path not in {r[0] for r in rows} and (a / path).exists()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,14 +147,20 @@ def main(argv: list[str] | None = None) -> int:
         make_copy(copies[0], SMALL + args.set)
         shutil.copytree(copies[0], copies[1])  # one snapshot of the tree for both, however it changes meanwhile
         locks = [run_pipeline(copy) for copy in copies]  # one after the other: each run owns the CPU
-        rows = compare(*copies, *locks)
+        rows = compare(*locks)
         width = max(len(r[0]) for r in rows)
-        print("\nreproducibility check: stage outputs of two runs from scratch")
-        for path, verdict, detail in rows:
-            print(f"  {path:<{width}}  {verdict:<16} {detail}")
-        bad = [r for r in rows if r[1] == "DIFFERENT"]
-        compared = sum(r[1] != "not-compared" for r in rows)
-        print(f"{compared} outputs compared, {len(bad)} differ; `dvc status` clean after both runs")
+        print("\nreproducibility check: dvc.lock of two runs from scratch, entry by entry")
+        for key, verdict, detail in rows:
+            if ":outs:" in key or verdict != "same":
+                print(f"  {key:<{width}}  {verdict:<10} {detail}")
+        beside = beside_outputs(*copies, locks[0])
+        print("files beside the outputs (not in dvc.lock):")
+        for path, verdict, detail in beside:
+            print(f"  {path:<{width}}  {verdict:<10} {detail}")
+        bad = [r for r in rows + beside if r[1] == "DIFFERENT"]
+        outs = sum(":outs:" in r[0] for r in rows)
+        print(f"{len(rows)} dvc.lock entries compared ({outs} outputs) and {len(beside)} files beside them; "
+              f"{len(bad)} differ; `dvc status` clean after both runs")
         return 1 if bad else 0
     finally:
         if args.keep:

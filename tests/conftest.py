@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,18 +60,31 @@ def image_folder(tmp_path) -> Path:
     return write_image_folder(tmp_path / "images")
 
 
+def write_params(path: Path, changes: str = "") -> Path:
+    """The repository's params.yaml with `changes` (YAML: {section: {key: value}}) applied, written to path.
+
+    params.yaml must set every key, so tests start from the real file and change only what they test.
+    """
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in (yaml.safe_load(changes) or {}).items():
+        unknown = set(values) - set(params[section])
+        assert not unknown, f"not params.yaml keys: {section}.{unknown}"
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 @pytest.fixture
 def tiny_params(tmp_path) -> Path:
     """A params.yaml for tiny, fast runs."""
-    path = tmp_path / "params.yaml"
-    path.write_text(
+    return write_params(
+        tmp_path / "params.yaml",
         "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
         "model: {channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
         "train: {epochs: 1, batch_size: 4, lr: 0.01, seed: 0, device: cpu}\n"
         "sample: {n: 4, temperature: 1.0, seed: 0}\n"
-        "evaluate: {batch_size: 8, grid_n: 8}\n"
+        "evaluate: {batch_size: 8, grid_n: 8}\n",
     )
-    return path
 
 
 @pytest.fixture
@@ -80,3 +94,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def model_config(**overrides):
+    """A small ModelConfig (params and data facts) for model-level tests; overrides replace any field."""
+    from pixelnet.model import ModelConfig
+
+    base = {"arch": "pixelcnn", "channels": 12, "blocks": 2, "first_kernel": 5, "kernel": 3, "norm": "batch",
+            "conditional": False, "levels": 4, "image_channels": 1, "height": 5, "width": 5, "n_classes": 0}
+    return ModelConfig(**(base | overrides))
+
+
+def random_model(*, sharpen: float = 1.0, **overrides) -> torch.nn.Module:
+    """A seeded random-weight model of model_config(**overrides) in eval mode, with trained-looking BatchNorm.
+
+    sharpen > 1 scales the last head layer: random init gives near-uniform logits, and sharper ones make every
+    logit matter to a sampler comparison.
+    """
+    from pixelnet.model.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_config(**overrides))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, as after training
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    with torch.no_grad():
+        model.head[3].weight.mul_(sharpen)
+    return model.eval()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelnet.checkpoints import save_checkpoint
-from pixelnet.evaluation import completion_grid
-from pixelnet.fast_sampling import complete
+from pixelnet.checkpoint import save_checkpoint
+from pixelnet.evaluation.figures import completion_grid
 from pixelnet.sampling import sample_naive, sampling_noise
+from pixelnet.sampling.fast import complete
 from tests.test_fast_sampling import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, write_params
 
 
 def run_all(run_cli, tmp_path, params, folder):
@@ -29,6 +29,30 @@ def run_all(run_cli, tmp_path, params, folder):
     return d
 
 
+def recomputed_test_bits_per_dim(d) -> tuple[float, float | None]:
+    """Test bits/dim from the checkpoint and the test split, computed here from the logits: (of the images,
+    given the label or None), to hold evaluate's figures against."""
+    import torch
+    from torch.nn import functional as F
+
+    from pixelnet.checkpoint import load_model, read_checkpoint
+    from pixelnet.data.processed import load_split
+
+    model, cfg = load_model(d / "model.pt")
+    test = load_split(d / "processed", "test")
+    x = test.images.long()
+    dims = x.numel()
+    with torch.no_grad():
+        if not cfg.conditional:
+            return float(F.cross_entropy(model(x), x, reduction="sum")) / (dims * math.log(2)), None
+        per_class = torch.stack([F.cross_entropy(model(x, torch.full((len(x),), k)), x, reduction="none")
+                                 .flatten(1).sum(1).double() for k in range(cfg.n_classes)], dim=1)  # (N, classes)
+    prior = torch.tensor(read_checkpoint(d / "model.pt")["meta"]["class_prior"], dtype=torch.float64)
+    marginal = -torch.logsumexp(prior.log() - per_class, dim=1).sum()
+    given = per_class.gather(1, test.labels[:, None]).sum()
+    return float(marginal) / (dims * math.log(2)), float(given) / (dims * math.log(2))
+
+
 def test_every_command_on_a_16_image_fixture(run_cli, tmp_path, tiny_params, image_folder):
     d = run_all(run_cli, tmp_path, tiny_params, image_folder)
     manifest = json.loads((d / "processed" / "manifest.json").read_text())
@@ -40,7 +64,10 @@ def test_every_command_on_a_16_image_fixture(run_cli, tmp_path, tiny_params, ima
               "eval/metrics.json", "eval/loss_curves.png", "eval/samples_vs_real.png"]:
         assert (d / f).is_file(), f
     metrics = json.loads((d / "eval" / "metrics.json").read_text())
-    assert 0 < metrics["test_bits_per_dim"] < 2.5
+    bpd, given = recomputed_test_bits_per_dim(d)
+    assert metrics["test_bits_per_dim"] == pytest.approx(bpd, rel=1e-5)
+    if given is not None:  # a folder with classes: params.yaml's model.conditional auto makes the model conditional
+        assert metrics["test_bits_per_dim_given_label"] == pytest.approx(given, rel=1e-5)
     assert metrics["test_nats_per_image"] == pytest.approx(metrics["test_bits_per_dim"] * 64 * np.log(2))
 
 
@@ -112,7 +139,8 @@ def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path):
 
     folder = write_image_folder(tmp_path / "rgb", mode="RGB", classes=("red", "green", "blue"), n_per_class=6)
     params = tmp_path / "params.yaml"
-    params.write_text(
+    write_params(
+        params,
         "data: {dataset: folder, size: 6, levels: 4, val_fraction: 0.2, test_fraction: 0.2}\n"
         "model: {arch: gated, conditional: true, channels: 12, blocks: 1, first_kernel: 3, kernel: 3}\n"
         "train: {epochs: 1, batch_size: 4, lr: 0.01, seed: 0, device: cpu}\n"
@@ -124,12 +152,17 @@ def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path):
     assert samples.shape == (6, 3, 6, 6) and samples.max() <= 3
     assert np.load(d / "samples" / "labels.npy").tolist() == [0, 1, 2, 0, 1, 2]
     metrics = json.loads((d / "eval" / "metrics.json").read_text())
-    assert 0 < metrics["test_bits_per_dim"] < 2.5
+    bpd, given = recomputed_test_bits_per_dim(d)
+    assert metrics["test_bits_per_dim"] == pytest.approx(bpd, rel=1e-5)
+    assert metrics["test_bits_per_dim_given_label"] == pytest.approx(given, rel=1e-5)
     # -log p(x) = -log sum_y p(y) p(x | y) is at most log(3) nats above -log p(x | y) - log p(y) for the true y.
     dims = 3 * 6 * 6
     assert metrics["test_bits_per_dim"] < metrics["test_bits_per_dim_given_label"] + math.log2(3) / dims + 1e-6
-    assert 0.0 <= metrics["samples_label_match"] <= 1.0
-    from pixelnet.checkpoints import read_checkpoint
+    # 6 samples, two of each class: each class's share recognized is 0, 1/2 or 1, and the overall share their mean.
+    per_class = [metrics[f"samples_label_match_class_{k}"] for k in range(3)]
+    assert all(v in (0.0, 0.5, 1.0) for v in per_class)
+    assert metrics["samples_label_match"] == pytest.approx(sum(per_class) / 3)
+    from pixelnet.checkpoint import read_checkpoint
     from pixelnet.data.processed import load_split
 
     train_labels = load_split(d / "processed", "train").labels
@@ -154,6 +187,6 @@ def test_conditional_on_unlabelled_folder_is_a_clean_error(run_cli, tmp_path, ti
     result = run_cli("train", "--params", tiny_params, "--data", d / "p", "--model", d / "m.pt", "--reports", d / "r",
                      "-S", "model.conditional=auto")
     assert result.code == 0, result.err
-    from pixelnet.checkpoints import load_model
+    from pixelnet.checkpoint import load_model
 
     assert load_model(d / "m.pt")[1].conditional is False

@@ -8,7 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pixelnet.likelihood import bits_per_dim, mean_nll_nats, nats_to_bits_per_dim, nll_nats
+from pixelnet.model.likelihood import (
+    bits_per_dim,
+    mean_nll_nats,
+    nats_to_bits_per_dim,
+    nll_nats,
+)
+from tests.conftest import model_config
 
 
 @pytest.mark.parametrize("levels", [2, 4, 256])
@@ -34,9 +40,9 @@ def test_known_small_case_by_hand():
 
 
 def tiny_conditional(n_classes: int = 3):
-    from pixelnet.model import ModelConfig, build_model
+    from pixelnet.model.build import build_model
 
-    cfg = ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=2, height=2, width=2,
+    cfg = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=2, height=2, width=2,
                       conditional=True, n_classes=n_classes)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -53,7 +59,7 @@ def every_image(levels: int, height: int, width: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("prior", [[1 / 3, 1 / 3, 1 / 3], [0.7, 0.3, 0.0]])
 def test_marginal_of_a_conditional_model_is_a_distribution_over_images(prior):
-    from pixelnet.evaluation import marginal_nll_nats
+    from pixelnet.model.likelihood import marginal_nll_nats
 
     model = tiny_conditional()
     images = every_image(2, 2, 2)  # all 16 binary 2x2 images
@@ -63,8 +69,8 @@ def test_marginal_of_a_conditional_model_is_a_distribution_over_images(prior):
 
 
 def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_reports_both():
-    from pixelnet.evaluation import class_prior, marginal_nll_nats, test_nll
-    from pixelnet.training import total_nll_nats
+    from pixelnet.evaluation.nll import test_nll
+    from pixelnet.model.likelihood import class_prior, marginal_nll_nats, total_nll_nats
 
     model, cpu = tiny_conditional(), torch.device("cpu")
     images = every_image(2, 2, 2)
@@ -87,7 +93,7 @@ def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_repo
     per_marginal = marginal_nll_nats(model, images, prior=prior, batch_size=16, device=cpu)
     for k in range(16):
         assert per_marginal[k] <= per_given[k] - math.log(prior[labels[k]]) + 1e-6
-    from pixelnet.model import build_model
+    from pixelnet.model.build import build_model
 
     unconditional = build_model(replace(model.config, conditional=False, n_classes=0)).eval()
     out = test_nll(unconditional, images, batch_size=4, device=cpu, labels=labels, prior=prior)
@@ -95,10 +101,9 @@ def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_repo
 
 
 def test_registered_model_scores_a_conditional_model_with_and_without_labels(tmp_path):
-    from pixelnet.checkpoints import save_checkpoint
-    from pixelnet.evaluation import marginal_nll_nats
-    from pixelnet.tracking import PixelNetPyfunc
-    from pixelnet.training import total_nll_nats
+    from pixelnet.checkpoint import save_checkpoint
+    from pixelnet.model.likelihood import marginal_nll_nats, total_nll_nats
+    from pixelnet.tracking.pyfunc import PixelNetPyfunc
 
     model, cpu = tiny_conditional(), torch.device("cpu")
     images, prior = every_image(2, 2, 2), torch.tensor([0.5, 0.25, 0.25])

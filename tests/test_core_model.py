@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from pixelnet.errors import ConfigError
-from pixelnet.model import ModelConfig, build_model
+from pixelnet.model import ModelConfig
 from pixelnet.model.masks import conv_mask
-from pixelnet.schema import from_mapping
-
-
-def random_model(**overrides) -> torch.nn.Module:
-    cfg = ModelConfig(**{"channels": 12, "blocks": 2, "first_kernel": 5, "kernel": 3, "levels": 4,
-                         "image_channels": 1, "height": 5, "width": 5, **overrides})
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    return model.eval()
+from pixelnet.schema import from_mapping, to_dict
+from tests.conftest import model_config, random_model
 
 
 @pytest.mark.parametrize("image_channels", [1, 3])
@@ -74,10 +64,11 @@ def test_mask_centre_taps():
 )
 def test_model_config_rejects_bad_values(mapping, match):
     with pytest.raises(ConfigError, match=match):
-        from_mapping(ModelConfig, mapping, section="model")
+        from_mapping(ModelConfig, to_dict(model_config()) | mapping, section="model")
 
 
 def test_model_config_is_frozen():
-    cfg = ModelConfig()
-    with pytest.raises(Exception):
+    cfg = model_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.channels = 3  # type: ignore[misc]
+    assert cfg.channels == 12

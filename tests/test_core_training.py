@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelnet.checkpoints import load_model, save_checkpoint
+from pixelnet.checkpoint import load_model, save_checkpoint
 from pixelnet.config import TrainConfig
 from pixelnet.data.processed import Split
-from pixelnet.model import ModelConfig, build_model
+from pixelnet.model.build import build_model
+from pixelnet.model.likelihood import total_nll_nats
 from pixelnet.sampling import sample_naive, sampling_noise
-from pixelnet.training import fit, total_nll_nats
+from pixelnet.training.loop import fit
+from tests.conftest import model_config
 
-CFG = ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
+CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
 
 
 def fixture_split(n: int, seed: int) -> Split:

@@ -25,9 +25,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pixelnet import stages
 from pixelnet.config import load_params
-from tests.conftest import REPO, write_image_folder
+from pixelnet.stages.download import download
+from pixelnet.stages.preprocess import preprocess
+from tests.conftest import REPO, model_config, write_image_folder, write_params
 
 NORM_NONE_RTOL = 1e-4  # measured: 1.8e-7 (float summation order only)
 BATCHNORM_RTOL = 0.03  # measured: 9.3e-3 (per-rank BatchNorm statistics over 4 images each; steps 1..12)
@@ -61,11 +62,11 @@ def prepared(tmp_path_factory) -> tuple[Path, Path]:
     """(params.yaml, preprocessed data): 32 training images of 8x8, so 4 global batches of 8 per epoch."""
     root = tmp_path_factory.mktemp("ddp")
     params = root / "params.yaml"
-    params.write_text(PARAMS)
+    write_params(params, PARAMS)
     folder = write_image_folder(root / "images", n_per_class=32)
     cfg = load_params(params, [f"data.folder={folder}"]).data
-    stages.download(cfg, out_dir=root / "raw", cache_dir=root / "cache")
-    stages.preprocess(cfg, raw_dir=root / "raw", out_dir=root / "data")
+    download(cfg, out_dir=root / "raw", cache_dir=root / "cache")
+    preprocess(cfg, raw_dir=root / "raw", out_dir=root / "data")
     return params, root / "data"
 
 
@@ -107,7 +108,7 @@ def test_two_processes_with_batchnorm_agree_within_the_stated_tolerance(runs):
 def test_rank_zero_alone_writes_and_the_outputs_are_complete(runs):
     out = runs["batch", 2]
     assert sorted(p.name for p in out.iterdir()) == ["model.pt", "model.state.pt", "reports"]
-    assert sorted(p.name for p in (out / "reports").iterdir()) == ["epochs.csv", "metrics.json", "steps.csv"]
+    assert sorted(p.name for p in (out / "reports").iterdir()) == ["epochs.csv", "metrics.json", "steps.csv", "timing.json"]
     metrics = json.loads((out / "reports" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["epochs"] == 3
     state = torch.load(out / "model.state.pt", weights_only=True)
@@ -164,14 +165,14 @@ def test_a_bad_launch_or_train_param_is_a_clean_error(run_cli, prepared, tmp_pat
 
 def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weights_in_float32():
     from pixelnet.config import TrainConfig
-    from pixelnet.model import ModelConfig, build_model
-    from pixelnet.training import TrainStep
+    from pixelnet.model.build import build_model
+    from pixelnet.training.loop import TrainStep
 
     x = torch.randint(0, 4, (8, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     loss = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6))
+        model = build_model(model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6))
         step = TrainStep(model.train(), TrainConfig(precision=precision), total_steps=10)
         loss[precision] = step(x)
         assert loss[precision].dtype == torch.float32

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pixelnet import stages
 from pixelnet.config import DataConfig
+from pixelnet.data.validation import check_validated, expected_split_sizes, validate
 from pixelnet.errors import PixelNetError
-from pixelnet.validation import check_validated, expected_split_sizes, validate
+from pixelnet.stages.download import download
+from pixelnet.stages.preprocess import preprocess
 from tests.conftest import REPO
 
 SUITE = REPO / "pipeline" / "expectations.yaml"
@@ -32,8 +33,8 @@ def processed(tmp_path_factory) -> tuple[DataConfig, Path]:
     root = tmp_path_factory.mktemp("ge")
     folder = write_image_folder(root / "images")
     cfg = DataConfig(dataset="folder", folder=str(folder), size=8, levels=4, val_fraction=0.25, test_fraction=0.25)
-    stages.download(cfg, out_dir=root / "raw", cache_dir=root / "cache")
-    stages.preprocess(cfg, raw_dir=root / "raw", out_dir=root / "processed")
+    download(cfg, out_dir=root / "raw", cache_dir=root / "cache")
+    preprocess(cfg, raw_dir=root / "raw", out_dir=root / "processed")
     return cfg, root / "processed"
 
 

@@ -8,31 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-import pixelnet.fast_sampling as fast_sampling
-from pixelnet.checkpoints import save_checkpoint
-from pixelnet.fast_sampling import incremental, sample_fast
-from pixelnet.model import ModelConfig, build_model
+import pixelnet.sampling.fast as fast_sampling
+from pixelnet.checkpoint import save_checkpoint
 from pixelnet.sampling import sample_naive, sampling_noise
-
+from pixelnet.sampling.fast import incremental, sample_fast
+from tests.conftest import random_model as conftest_random_model
+from tests.conftest import write_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_model(**overrides) -> torch.nn.Module:
-    """A random-weight model in eval mode with trained-looking BatchNorm and peaked output distributions."""
-    cfg = ModelConfig(**{"channels": 12, "blocks": 2, "first_kernel": 5, "kernel": 3, "levels": 4,
-                         "image_channels": 1, "height": 5, "width": 6, **overrides})
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics, as after training
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    with torch.no_grad():  # random init gives near-uniform logits; sharpen them so every logit matters
-        model.head[3].weight.mul_(8.0)
-    return model.eval()
+    return conftest_random_model(sharpen=8.0, **{"width": 6, **overrides})
 
 
 CASES = {
@@ -143,7 +130,7 @@ def tiny_checkpoint(tmp_path):
     model = random_model(levels=4, first_kernel=3, kernel=3, blocks=1)
     save_checkpoint(model, model.config, tmp_path / "model.pt")
     params = tmp_path / "params.yaml"
-    params.write_text("sample: {n: 3, temperature: 1.0, seed: 5}\n")
+    write_params(params, "sample: {n: 3, temperature: 1.0, seed: 5}\n")
     return model, params
 
 

@@ -5,19 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelnet.model import ModelConfig, build_model
+from pixelnet.model import ModelConfig
+from tests.conftest import model_config, random_model, write_params
 
 
 def make(arch: str, **overrides) -> torch.nn.Module:
-    cfg = ModelConfig(**{"arch": arch, "channels": 12, "blocks": 6, "first_kernel": 7, "kernel": 3, "levels": 4,
-                         "image_channels": 1, "height": 8, "width": 8, **overrides})
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return random_model(**{"arch": arch, "blocks": 6, "first_kernel": 7, "height": 8, "width": 8, **overrides})
 
 
 def input_gradient(model, i: int, j: int, *, channels: int = 1) -> torch.Tensor:
@@ -84,38 +77,41 @@ def test_label_changes_logits_only_when_conditional(arch):
 
 def test_conditional_needs_classes():
     from pixelnet.errors import ConfigError
+    from pixelnet.model import ModelParams
 
     with pytest.raises(ConfigError, match="model.conditional"):
-        ModelConfig(conditional=True, n_classes=1)
-    ModelConfig(conditional=True)  # from params.yaml: the classes come from the data later
+        model_config(conditional=True, n_classes=1)
+    ModelParams(conditional=True)  # params.yaml's section: the classes come from the data later
 
 
 def test_conditional_auto_follows_the_data_and_is_checked_as_a_param():
     from pixelnet.errors import ConfigError
-    from pixelnet.model import resolve_conditional
+    from pixelnet.model import ModelParams, resolve_conditional
     from pixelnet.schema import from_mapping
 
-    auto = from_mapping(ModelConfig, {"conditional": "auto"}, section="model")
-    assert [resolve_conditional(auto, n) for n in (0, 1, 2, 10)] == [False, False, True, True]
-    assert resolve_conditional(ModelConfig(conditional=False), 10) is False
-    assert resolve_conditional(ModelConfig(conditional=True), 10) is True
-    assert from_mapping(ModelConfig, {"conditional": True}, section="model").conditional is True
+    auto = from_mapping(ModelParams, {"conditional": "auto"}, section="model")
+    assert [resolve_conditional(auto.conditional, n) for n in (0, 1, 2, 10)] == [False, False, True, True]
+    assert resolve_conditional(False, 10) is False and resolve_conditional(True, 10) is True
+    assert from_mapping(ModelParams, {"conditional": True}, section="model").conditional is True
     for bad in ("yes", 1, None):
         with pytest.raises(ConfigError, match=r"model.conditional must be true or false or one of 'auto'"):
-            from_mapping(ModelConfig, {"conditional": bad}, section="model")
-    with pytest.raises(ValueError, match="resolve model.conditional"):
-        build_model(auto)  # the data decides first
+            from_mapping(ModelParams, {"conditional": bad}, section="model")
+    resolved = ModelConfig.for_data(auto, levels=4, image_channels=1, height=8, width=8, n_classes=10)
+    assert resolved.conditional is True and resolved.n_classes == 10
+    assert ModelConfig.for_data(auto, levels=4, image_channels=1, height=8, width=8, n_classes=0).conditional is False
+    with pytest.raises(ConfigError, match="must be resolved"):
+        model_config(conditional="auto")  # a network is only built once the data has decided
 
 
 def test_sample_labels_take_turns_so_any_run_of_classes_holds_each_once():
     from pixelnet.config import SampleConfig
-    from pixelnet.stages import sample_labels
+    from pixelnet.stages.sample import sample_labels
 
-    labels, per_row = sample_labels(SampleConfig(n=256), ModelConfig(conditional=True, n_classes=10))
+    labels, per_row = sample_labels(SampleConfig(n=256), model_config(conditional=True, n_classes=10))
     assert per_row == 10 and labels.shape == (256,)
     assert all(sorted(labels[k:k + 10].tolist()) == list(range(10)) for k in range(0, 247))
     assert torch.bincount(labels).tolist() == [26] * 6 + [25] * 4
-    assert sample_labels(SampleConfig(n=4), ModelConfig()) == (None, None)
+    assert sample_labels(SampleConfig(n=4), model_config()) == (None, None)
 
 
 @pytest.mark.parametrize("arch, overrides", [
@@ -127,8 +123,8 @@ def test_sample_labels_take_turns_so_any_run_of_classes_holds_each_once():
 ])
 @pytest.mark.parametrize("n, start_row", [(1, 0), (3, 3)])
 def test_fast_equals_naive_for_gated_conditional_and_rgb(arch, overrides, n, start_row):
-    from pixelnet.fast_sampling import sample_fast
     from pixelnet.sampling import sample_naive, sampling_noise
+    from pixelnet.sampling.fast import sample_fast
 
     model = make(arch, blocks=overrides.pop("blocks", 2), **overrides)
     with torch.no_grad():  # sharpen the near-uniform random logits so every one matters
@@ -149,12 +145,12 @@ def test_cli_label_draws_one_class_and_stage_grid_has_a_column_per_class(tmp_pat
 
     import numpy as np
 
-    from pixelnet.checkpoints import save_checkpoint
+    from pixelnet.checkpoint import save_checkpoint
 
     model = make("gated", conditional=True, n_classes=3, blocks=1, height=5, width=5)
     save_checkpoint(model, model.config, tmp_path / "m.pt")
     params = tmp_path / "params.yaml"
-    params.write_text("sample: {n: 6, seed: 1}\n")
+    write_params(params, "sample: {n: 6, seed: 1}\n")
     assert run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "all").code == 0
     assert np.load(tmp_path / "all" / "labels.npy").tolist() == [0, 1, 2, 0, 1, 2]  # the classes take turns
     from PIL import Image

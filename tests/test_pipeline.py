@@ -4,7 +4,8 @@ One module-scoped scenario runs the commands a user would (each a subprocess,
 with the copy's own DVC cache and MLflow sqlite database), and the tests check
 what each step did:
 
-1. `dvc repro` runs every stage; a second `dvc repro` runs none.
+1. `dvc repro` runs every stage; a second `dvc repro` runs none.  Each process records the files it
+   loaded (tests/module_recorder), and each stage's deps in dvc.yaml must cover them.
 2. `dvc exp run -S sample.temperature=0.5`: only sample and evaluate run again.
 3. `pixelnet sample --model models:/pixelnet@champion` loads from the registry.
 4. A real `mlflow server` on loopback serves the runs and the registry.
@@ -35,7 +36,9 @@ import yaml
 from pipeline.repro_check import SMALL, make_copy, pipeline_env
 
 TINY = [*SMALL, "train.epochs=2", "train.batch_size=256"]
-STAGES = set(yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"])
+REPO = Path(__file__).resolve().parents[1]
+DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+STAGES = set(DVC_STAGES)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Scenario:
     env: dict
     server: subprocess.Popen | None = None  # `mlflow server` on the copy's database
     server_url: str = ""
+    modules: Path | None = None  # one JSON file per Python process: its argv and the files it loaded
     outputs: dict[str, str] = field(default_factory=dict)  # step -> combined stdout/stderr
     aliases: dict[str, dict[str, int]] = field(default_factory=dict)  # step -> registry aliases
     champion: dict[str, dict] = field(default_factory=dict)  # step -> reports/evaluate/champion.json
@@ -104,6 +108,10 @@ def scenario(tmp_path_factory):
     repo.mkdir()
     make_copy(repo, TINY)
     s = Scenario(repo, pipeline_env(repo))
+    s.modules = root / "modules"
+    s.modules.mkdir()
+    s.env |= {"PIXELNET_MODULE_LOG": str(s.modules),
+              "PYTHONPATH": s.env["PYTHONPATH"] + os.pathsep + str(REPO / "tests" / "module_recorder")}
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     s.run("git", "init", "-q")
     s.run("git", "add", "-A")
@@ -130,11 +138,40 @@ def test_repro_runs_every_stage_then_nothing(scenario):
     assert ignored == ["data/processed", "models/model.pt", "mlflow.db"]
 
 
+def test_each_stage_depends_on_every_project_file_its_process_loaded(scenario):
+    """What a stage ran is what its process loaded (sys.modules at exit, lazy imports included)."""
+    src = scenario.repo / "src"
+    loaded: dict[str, set[str]] = {}
+    for record in scenario.modules.glob("*.json"):
+        info = json.loads(record.read_text())
+        main = Path(info["argv"][0])
+        if main.parent == src / "pixelnet" / "stages":  # python -m pixelnet.stages.NAME, as dvc.yaml runs it
+            files = {Path(f).resolve() for f in info["files"]}
+            loaded.setdefault(main.stem, set()).update(
+                f.relative_to(scenario.repo).as_posix() for f in files if f.is_relative_to(src.resolve()))
+    assert set(loaded) == STAGES, "every stage's process must have been recorded"
+    for name, files in loaded.items():
+        deps = [d.rstrip("/") for d in DVC_STAGES[name]["deps"]]
+        missing = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
+        assert missing == [], f"stage {name} loaded these files, which are not among its deps in dvc.yaml: {missing}"
+        assert "src/pixelnet/cli.py" not in files  # the stage's module alone, not the whole CLI
+    assert "src/pixelnet/tracking/runs.py" in loaded["train"] and "src/pixelnet/sampling/fast.py" in loaded["sample"]
+    assert not any(f.startswith("src/pixelnet/sampling") for f in loaded["train"])  # nothing beyond the stage
+
+
+def test_every_source_dep_exists():
+    for name, stage in DVC_STAGES.items():
+        for dep in stage["deps"]:
+            if dep.startswith("src/"):
+                assert (REPO / dep).exists(), f"stage {name}: dep {dep} does not exist"
+
+
 def test_metrics_and_plots_are_declared(scenario):
     metrics = json.loads(scenario.run("dvc", "metrics", "show", "--json"))
     shown = json.dumps(metrics)
-    for key in ("test_bits_per_dim", "val_bits_per_dim", "promoted", "sample_seconds"):
+    for key in ("test_bits_per_dim", "val_bits_per_dim", "epochs", "per_image", "temperature"):
         assert key in shown
+    assert "seconds" not in shown  # wall-clock figures are not DVC outputs: they would change dvc.lock every run
     plots = scenario.run("dvc", "plots", "show", "--json")
     for name in ("bits/dim by epoch", "reports/sample/grid.png", "reports/evaluate/loss_curves.png"):
         assert name in plots

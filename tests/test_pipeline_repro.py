@@ -1,46 +1,61 @@
-"""The reproducibility check's comparison: what counts as the same output, and what fails it."""
+"""The reproducibility check's comparison: every dvc.lock entry must match; only VARYING files may differ."""
 
 from __future__ import annotations
 
+import copy
 import json
 
-from pipeline.repro_check import compare, not_compared, outputs
+from pipeline.repro_check import VARYING, beside_outputs, compare, entries
 
 
-def lock(hashes: dict[str, str]) -> dict:
-    return {"schema": "2.0", "stages": {"s": {"outs": [{"path": p, "md5": h} for p, h in hashes.items()]}}}
+def lock() -> dict:
+    return {"schema": "2.0", "stages": {
+        "train": {"cmd": "python -m pixelnet.stages.train", "deps": [{"path": "src/a.py", "md5": "d1", "size": 3}],
+                  "params": {"params.yaml": {"train.lr": 0.003}},
+                  "outs": [{"path": "models/model.pt", "md5": "m1", "size": 9},
+                           {"path": "reports/train/metrics.json", "md5": "j1", "size": 2}]},
+        "sample": {"cmd": "python -m pixelnet.stages.sample", "outs": [{"path": "reports/sample/samples.npy", "md5": "s1"}]},
+    }}
 
 
-def write(root, rel, obj):
+def test_entries_cover_commands_deps_params_and_outputs():
+    assert set(entries(lock())) == {
+        "train:cmd", "train:deps:src/a.py", "train:params:params.yaml:train.lr", "train:outs:models/model.pt",
+        "train:outs:reports/train/metrics.json", "sample:cmd", "sample:outs:reports/sample/samples.npy"}
+
+
+def test_identical_locks_pass_and_any_changed_entry_fails():
+    assert all(verdict == "same" for _, verdict, _ in compare(lock(), lock()))
+    for path, change in [(("train", "outs", 1, "md5"), "j2"), (("train", "deps", 0, "md5"), "d2"),
+                         (("sample", "cmd"), "python -m other")]:
+        other = copy.deepcopy(lock())
+        node = other["stages"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = change
+        bad = [key for key, verdict, _ in compare(lock(), other) if verdict == "DIFFERENT"]
+        assert len(bad) == 1 and bad[0].startswith(f"{path[0]}:{path[1]}"), bad
+    fewer = copy.deepcopy(lock())
+    fewer["stages"]["train"]["outs"].pop()
+    assert [k for k, v, _ in compare(lock(), fewer) if v == "DIFFERENT"] == ["train:outs:reports/train/metrics.json"]
+
+
+def write(root, rel, text):
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    (root / rel).write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+    (root / rel).write_text(text)
 
 
-def test_outputs_lists_every_stage_output():
-    both = {"stages": {"a": {"outs": [{"path": "x", "md5": "1"}]}, "b": {"outs": [{"path": "y", "md5": "2"}]}}}
-    assert outputs(both) == {"x": "1", "y": "2"}
-
-
-def test_a_changed_checkpoint_fails_and_timing_only_changes_pass(tmp_path):
+def test_only_files_named_in_varying_may_differ_beside_the_outputs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for root, seconds in ((a, 1.5), (b, 9.0)):
-        write(root, "reports/train/metrics.json", {"train_bits_per_dim": 3.0, "train_seconds": seconds, "images_per_s": seconds})
-        write(root, "reports/train/epochs.csv", f"epoch,train_bpd,seconds\n1,3.0,{seconds}\n")
-    write(a, "reports/sample/sample.json", {"n": 4, "sample_seconds": 1.0})
-    write(b, "reports/sample/sample.json", {"n": 5, "sample_seconds": 1.0})
-    paths = ["models/model.pt", "reports/train/metrics.json", "reports/train/epochs.csv",
-             "reports/sample/sample.json", "reports/train/mlflow_run.json"]
-    rows = compare(a, b, lock(dict(zip(paths, "12345"))), lock(dict(zip(paths, "98760"))))
-    verdicts = {path: verdict for path, verdict, _ in rows}
-    assert verdicts == {
-        "models/model.pt": "DIFFERENT",
-        "reports/train/metrics.json": "same-but-timing",
-        "reports/train/epochs.csv": "same-but-timing",
-        "reports/sample/sample.json": "DIFFERENT",  # n changed: not a timing field
-        "reports/train/mlflow_run.json": "not-compared",
-    }
-
-
-def test_only_run_files_and_ge_docs_are_left_out():
-    assert not_compared("reports/sample/mlflow_run.json") and not_compared("reports/validation/gx")
-    assert not not_compared("reports/validation/summary.json") and not not_compared("models/model.pt")
+        write(root, "reports/train/metrics.json", "{}")  # an output: compared through dvc.lock, not here
+        write(root, "reports/train/timing.json", json.dumps({"train_seconds": seconds}))
+        write(root, "reports/validation/gx/results.json", str(seconds))
+        write(root, "reports/evaluate/champion.json", json.dumps({"promoted": True}))
+    verdicts = {path: verdict for path, verdict, _ in beside_outputs(a, b, lock())}
+    assert verdicts == {"reports/train/timing.json": "varies", "reports/validation/gx": "varies",
+                        "reports/evaluate/champion.json": "same"}
+    write(b, "reports/evaluate/champion.json", json.dumps({"promoted": False}))
+    verdicts = {path: verdict for path, verdict, _ in beside_outputs(a, b, lock())}
+    assert verdicts["reports/evaluate/champion.json"] == "DIFFERENT"
+    assert all(path.startswith("reports/") for path in VARYING)

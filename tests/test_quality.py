@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from pixelnet.data.processed import Split
-from pixelnet.quality import class_entropy_bits, frechet_distance, sample_quality, train_classifier
-from pixelnet.stages import sample_scores
+from pixelnet.evaluation.quality import (
+    class_entropy_bits,
+    frechet_distance,
+    sample_quality,
+    train_classifier,
+)
+from pixelnet.stages.evaluate import sample_scores
 
 
 def toy(n: int, seed: int) -> Split:

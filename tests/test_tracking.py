@@ -1,4 +1,4 @@
-"""MLflow tracking without the pipeline: the champion rule, stage ownership, run copies, bad stores.
+"""MLflow tracking without the pipeline: the champion rule, stage ownership, finding and copying runs, bad stores.
 
 Every test that touches MLflow uses its own sqlite database under tmp_path
 (MLFLOW_TRACKING_URI), never the repository's mlflow.db.
@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from pixelnet import tracking
 from pixelnet.errors import PixelNetError
+from pixelnet.tracking import registry, runs, store
 
 
 def facts(version, bpd, sha="t1"):
@@ -31,7 +31,7 @@ def facts(version, bpd, sha="t1"):
     (facts(1, 3.0), facts(1, 3.0), False, True, "already the champion"),
 ])
 def test_champion_rule(candidate, champion, promoted, is_champion, reason):
-    d = tracking.champion_decision(candidate, champion)
+    d = registry.champion_decision(candidate, champion)
     assert d["promoted"] is promoted and d["is_champion"] is is_champion and reason in d["reason"]
     assert d["champion_version"] == int(candidate["version"] if promoted else champion["version"])
     assert d["previous_champion_version"] == (int(champion["version"]) if champion else None)
@@ -43,9 +43,10 @@ def test_champion_rule(candidate, champion, promoted, is_champion, reason):
     ("sample.temperature", "sample"), ("sample/grid.png", "sample"), ("images/sample~grid+step+0+x.png", "sample"),
     ("sample.done", "sample"), ("evaluate/test_bits_per_dim", "evaluate"), ("evaluate.champion_decision", "evaluate"),
     ("images/evaluate~loss_curves+step+0+x.png", "evaluate"), ("complete/completions.png", "complete"),
+    ("model_sha256", "train"), ("samples_sha256", "sample"), ("model_version", "train"),
 ])
 def test_owner_of_each_kind_of_key(key, stage):
-    assert tracking.owner(key) == stage
+    assert runs.owner(key) == stage
 
 
 def test_default_store_is_sqlite_at_the_repository_root(tmp_path, monkeypatch):
@@ -53,9 +54,9 @@ def test_default_store_is_sqlite_at_the_repository_root(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
-    assert tracking.tracking_uri() == "http://example.invalid:5000"
+    assert store.tracking_uri() == "http://example.invalid:5000"
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message(monkeypatch):
@@ -64,13 +65,13 @@ def test_unreachable_server_fails_fast_with_a_clear_message(monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     with pytest.raises(PixelNetError, match="cannot be reached.*unset MLFLOW_TRACKING_URI"):
-        tracking.connect()
+        store.connect()
 
 
 def test_registry_uri_without_a_database_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(PixelNetError, match="no MLflow database at .*run `dvc repro`"):
-        tracking.resolve_model("models:/pixelnet@champion", tmp_path / "dl")
+        registry.resolve_model("models:/pixelnet@champion", tmp_path / "dl")
     assert not (tmp_path / "mlflow.db").exists()  # nothing created on the way
 
 
@@ -86,11 +87,6 @@ def test_train_with_an_unreachable_server_stops_before_training(tmp_path, monkey
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "r").exists()
 
 
-def test_missing_run_file_names_the_fix(tmp_path):
-    with pytest.raises(PixelNetError, match="run the stage before it with tracking"):
-        tracking.read_run_file(tmp_path / "mlflow_run.json")
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     """One sqlite store for this module's tests (creating one takes seconds)."""
@@ -100,56 +96,76 @@ def client(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "pixelnet-test")
-        yield tracking.connect()
+        yield store.connect()
     mlflow.set_tracking_uri(None)  # connect() set the process-wide URI to this database
+
+
+def test_a_later_stage_finds_the_newest_run_holding_its_inputs(client):
+    exp = store.experiment_id(client)
+    older = client.create_run(exp, tags={"model_sha256": "m1"}).info.run_id
+    newer = client.create_run(exp, tags={"model_sha256": "m1", "samples_sha256": "s1"}).info.run_id
+    other = client.create_run(exp, tags={"model_sha256": "m2"}).info.run_id
+    assert runs.find_run(client, exp, {"model_sha256": "m1"}).info.run_id == newer
+    assert runs.find_run(client, exp, {"model_sha256": "m1", "samples_sha256": "s1"}).info.run_id == newer
+    assert runs.find_run(client, exp, {"model_sha256": "m2"}).info.run_id == other
+    assert runs.find_run(client, exp, {"model_sha256": "m1", "samples_sha256": "s2"}) is None
+    assert older not in (newer, other)
+    started = runs.run_for(client, "sample", {"model_sha256": "m3"})  # no run holds m3: a run of its own, said so
+    assert client.get_run(started).data.tags["model_sha256"] == "m3"
+    assert "restored from DVC's cache" in client.get_run(started).data.tags["pixelnet.note"]
 
 
 def test_a_rerun_stage_continues_in_a_copy_without_its_own_results(client, tmp_path):
     from mlflow.entities import Metric
 
-    exp = tracking.experiment_id(client)
-    run = client.create_run(exp, tags={"git_commit": "abc", "train.done": "true"}).info.run_id
-    tracking.log_batch(client, run, params={"data.size": "8", "train.lr": "0.001", "sample.temperature": "1.0"},
-                       metrics=[Metric("epoch/val_bpd", v, 0, step) for step, v in [(1, 5.0), (2, 4.0)]]
-                       + [Metric("sample/sample_seconds", 1.0, 0, 0)])
+    exp = store.experiment_id(client)
+    run = client.create_run(exp, tags={"git_commit": "abc", "train.done": "true", "model_sha256": "m9",
+                                       "samples_sha256": "s9"}).info.run_id
+    store.log_batch(client, run, params={"data.size": "8", "train.lr": "0.001", "sample.temperature": "1.0"},
+                    metrics=[Metric("epoch/val_bpd", v, 0, step) for step, v in [(1, 5.0), (2, 4.0)]]
+                    + [Metric("sample/sample_seconds", 1.0, 0, 0)])
     for rel in ("train/metrics.json", "sample/grid.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
         client.log_artifact(run, str(tmp_path / rel), rel.split("/")[0])
 
-    assert tracking.continue_run(client, client.get_run(run), "sample") == run  # sample not done yet: same run
+    assert runs.run_for(client, "sample", {"model_sha256": "m9"}) == run  # sample not done yet: same run
     client.set_tag(run, "sample.done", "true")
-    copy = tracking.continue_run(client, client.get_run(run), "sample")
+    copy = runs.run_for(client, "sample", {"model_sha256": "m9"})
     assert copy != run
     data = client.get_run(copy).data
     assert data.params == {"data.size": "8", "train.lr": "0.001"}
     assert set(data.metrics) == {"epoch/val_bpd"}
     assert [(m.step, m.value) for m in client.get_metric_history(copy, "epoch/val_bpd")] == [(1, 5.0), (2, 4.0)]
     assert data.tags["copied_from_run"] == run and data.tags["git_commit"] == "abc" and "sample.done" not in data.tags
+    assert data.tags["model_sha256"] == "m9" and "samples_sha256" not in data.tags  # sample tags its new samples
     assert [a.path for a in client.list_artifacts(copy)] == ["train"]
+    assert runs.run_for(client, "sample", {"model_sha256": "m9"}) == copy  # the newest run with the model
 
 
 def test_champion_moves_only_to_a_better_model_on_the_same_test_set(client, tmp_path):
-    from pixelnet.checkpoints import load_model, save_checkpoint
-    from pixelnet.model import ModelConfig, build_model
+    from pixelnet.checkpoint import load_model, save_checkpoint
+    from pixelnet.model.build import build_model
+    from tests.conftest import model_config
 
-    cfg = ModelConfig(channels=4, blocks=0, first_kernel=3, levels=4, height=4, width=4)
+    cfg = model_config(channels=4, blocks=0, first_kernel=3, levels=4, height=4, width=4)
     save_checkpoint(build_model(cfg), cfg, tmp_path / "model.pt")
-    exp = tracking.experiment_id(client)
+    exp = store.experiment_id(client)
     decisions = []
     for bpd, test_set in [(3.0, "a"), (3.5, "a"), (2.0, "a"), (1.0, "b")]:
         run = client.create_run(exp).info.run_id
         manifest = {"dataset": "x", "shape": [1, 4, 4], "levels": 4, "splits": {"test": {"images_sha256": test_set}}}
-        version = tracking.log_model(client, run, model_path=tmp_path / "model.pt", manifest=manifest)
+        version = registry.log_model(client, run, model_path=tmp_path / "model.pt", manifest=manifest)
         assert client.get_registered_model("pixelnet").aliases["candidate"] == int(version)
         out = tmp_path / f"evaluate-{version}"
         out.mkdir()
-        tracking.record_champion(out)(client, run, {"model_version": version}, {"test_bits_per_dim": bpd})
+        client.set_tag(run, "model_version", version)  # as track_train tags it
+        registry.record_champion(out)(client, run, {"test_bits_per_dim": bpd})
         decisions.append(json.loads((out / "champion.json").read_text()))
         assert client.get_run(run).data.tags["evaluate.champion_decision"] == decisions[-1]["reason"]
     assert [d["champion_version"] for d in decisions] == [1, 1, 3, 3]
     assert [d["promoted"] for d in decisions] == [True, False, True, False]
     assert "another test set" in decisions[3]["reason"]
     assert client.get_registered_model("pixelnet").aliases == {"candidate": 4, "champion": 3}
-    path = tracking.resolve_model("models:/pixelnet@champion", tmp_path / "download")
+    path = registry.resolve_model("models:/pixelnet@champion", tmp_path / "download")
     assert load_model(path)[1] == cfg  # the registered model is the checkpoint, read back weights-only

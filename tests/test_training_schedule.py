@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,11 +11,12 @@ import torch
 from pixelnet.config import TrainConfig
 from pixelnet.data.processed import Split
 from pixelnet.errors import ConfigError
-from pixelnet.model import ModelConfig, build_model
+from pixelnet.model.build import build_model
 from pixelnet.schema import from_mapping
-from pixelnet.training import EMA, fit, lr_factor
+from pixelnet.training.loop import EMA, fit, lr_factor
+from tests.conftest import model_config
 
-CFG = ModelConfig(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
+CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
 
 
 def split(n: int, seed: int) -> Split:
@@ -26,7 +28,7 @@ def split(n: int, seed: int) -> Split:
 
 def run(cfg: TrainConfig, *, conditional: bool = False):
     torch.manual_seed(1)
-    model = build_model(CFG if not conditional else ModelConfig(**{**CFG.__dict__, "conditional": True, "n_classes": 2}))
+    model = build_model(CFG if not conditional else replace(CFG, conditional=True, n_classes=2))
     history = fit(model, split(32, 0), split(8, 1), cfg, device=torch.device("cpu"))
     return model, history
 
@@ -65,7 +67,7 @@ def test_ema_weights_are_what_fit_returns_and_repeat_exactly():
     cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9)
     a, ha = run(cfg)
     b, hb = run(cfg)
-    raw, _ = run(TrainConfig(epochs=2, batch_size=8, lr=0.01))
+    raw, _ = run(TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.0))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert [r.val_bpd for r in ha] == [r.val_bpd for r in hb]
     assert not torch.equal(a.input_conv.weight, raw.input_conv.weight)  # the averaged weights, not the last ones

@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pixelnet.likelihood import mean_nll_nats
-from pixelnet.likelihood import nll_nats as nll_nats_sum
-from pixelnet.model import ModelConfig, build_model
+from pixelnet.model.build import build_model
 from pixelnet.model.layers import MaskedConv2d
-from pixelnet.training import nll_nats
+from pixelnet.model.likelihood import mean_nll_nats, nll_nats
+from tests.conftest import model_config
 
 
 @pytest.mark.parametrize("kernel, mask_type, groups", [(3, "B", 1), (5, "A", 1), (7, "A", 3), (3, "B", 3), (1, "B", 3)])
@@ -32,7 +31,7 @@ def test_cropped_masked_conv_equals_the_full_masked_conv(kernel, mask_type, grou
 @pytest.mark.parametrize("image_channels", [1, 3])
 def test_activations_are_channels_last_and_the_layout_does_not_change_the_logits(image_channels):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=12, blocks=2, levels=5, image_channels=image_channels,
+    model = build_model(model_config(channels=12, blocks=2, levels=5, image_channels=image_channels,
                                     height=6, width=6)).eval()
     x = torch.randint(0, 5, (3, image_channels, 6, 6))
     seen = []
@@ -43,12 +42,12 @@ def test_activations_are_channels_last_and_the_layout_does_not_change_the_logits
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_loss_on_rows_equals_the_likelihood_module(channels_last):
+def test_loss_on_rows_equals_cross_entropy_on_the_logits_as_shaped(channels_last):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=12, blocks=1, levels=7, image_channels=3, height=5, width=4))
+    model = build_model(model_config(channels=12, blocks=1, levels=7, image_channels=3, height=5, width=4))
     if not channels_last:
         model.memory_format = torch.contiguous_format
     x = torch.randint(0, 7, (2, 3, 5, 4))
     logits = model(x)
-    assert torch.allclose(nll_nats(logits, x), mean_nll_nats(logits, x), atol=1e-6)
-    assert torch.allclose(nll_nats(logits, x, reduction="sum"), nll_nats_sum(logits, x), rtol=1e-6)
+    assert torch.allclose(mean_nll_nats(logits, x), F.cross_entropy(logits, x), atol=1e-6)
+    assert torch.allclose(nll_nats(logits, x), F.cross_entropy(logits, x, reduction="sum"), rtol=1e-6)

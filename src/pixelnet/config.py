@@ -2,12 +2,17 @@
 
 params.yaml is the only home of hyperparameters.  `load_params` reads it once,
 applies `section.key=value` overrides (the CLI's `--set`), and checks every
-section before any work starts: a wrong type, a bad value or an unknown key is
-a `ConfigError` naming `section.key`.  Each stage then uses its own sections.
+section before any work starts: a wrong type, a bad value, an unknown key or a
+missing one is a `ConfigError` naming `section.key`.  Each stage then uses its
+own sections.  Every key must be in the file: deleting one is an error, never a
+silent change of the run.  The dataclasses' defaults are for code that builds
+configs directly (tests, benchmarks); tests/test_config.py checks that they
+equal params.yaml's values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from pixelnet.errors import ConfigError, PixelNetError
-from pixelnet.model import MODEL_PARAM_KEYS, ModelConfig
+from pixelnet.model.config import MODEL_PARAM_KEYS, ModelParams
 from pixelnet.schema import from_mapping, require
 
 Dataset = Literal["mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"]
@@ -42,7 +47,7 @@ class DataConfig:
     folder: str | None = None  # the image folder when dataset is "folder"
     size: int = 28  # images are resized to size x size
     mode: Literal["keep", "gray", "rgb"] = "keep"
-    levels: int = 256  # intensity levels per sub-pixel; 2 binarizes
+    levels: int = 2  # intensity levels per sub-pixel; 2 binarizes, 256 keeps the raw 8 bits
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # used only when the source has no official test split
     seed: int = 0  # the train/val/test split
@@ -59,13 +64,13 @@ class DataConfig:
 class TrainConfig:
     SECTION: ClassVar[str] = "train"
 
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3  # the peak learning rate
+    epochs: int = 7
+    batch_size: int = 32
+    lr: float = 3e-3  # the peak learning rate
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup: cosine to zero, or constant
     warmup_fraction: float = 0.05  # of all steps, with the learning rate rising linearly from 0
-    ema_decay: float = 0.0  # 0 = off; else the EMA of the weights is what is validated and saved
-    max_minutes: float | None = None  # wall-clock budget, checked between epochs (see training.py)
+    ema_decay: float = 0.999  # 0 = off; else the EMA of the weights is what is validated and saved
+    max_minutes: float | None = None  # wall-clock budget, checked between epochs (training/loop.py)
     compile: bool = False  # torch.compile the loss and its backward
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: bfloat16 autocast around the forward pass (GPUs)
     checkpoint_every: int = 50  # optimizer steps between saves of the resume state; 0 = at epoch ends only
@@ -136,16 +141,16 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelParams = field(default_factory=ModelParams)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
-SECTIONS: dict[str, tuple[type, set[str] | None]] = {
+SECTIONS: dict[str, tuple[type, frozenset[str] | None]] = {
     "data": (DataConfig, None),
-    "model": (ModelConfig, MODEL_PARAM_KEYS),
+    "model": (ModelParams, MODEL_PARAM_KEYS),
     "train": (TrainConfig, None),
     "sample": (SampleConfig, None),
     "complete": (CompleteConfig, None),
@@ -178,8 +183,18 @@ def params_from_mapping(raw: Any) -> Params:
     unknown = sorted(str(k) for k in raw if k not in SECTIONS)
     if unknown:
         raise ConfigError(f"unknown params section(s) {', '.join(unknown)}; valid sections are {', '.join(SECTIONS)}")
+    missing = [f"{name}.{key}" for name, (cls, keys) in SECTIONS.items() if isinstance(raw.get(name, {}), dict)
+               for key in sorted(section_keys(cls, keys)) if key not in (raw.get(name) or {})]
+    if missing:
+        raise ConfigError(f"missing parameter(s) {', '.join(missing)}: params.yaml must set every key (the "
+                          "repository's params.yaml lists each with its default and meaning); add them")
     built = {name: from_mapping(cls, raw.get(name), section=name, keys=keys) for name, (cls, keys) in SECTIONS.items()}
     return Params(**built)
+
+
+def section_keys(cls: type, keys: frozenset[str] | None) -> set[str]:
+    """The keys a params section must set: the config class's fields (or the subset `keys`)."""
+    return set(keys) if keys is not None else {f.name for f in dataclasses.fields(cls)}
 
 
 def load_params(path: Path, overrides: list[str] = ()) -> Params:

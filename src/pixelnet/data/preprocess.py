@@ -17,8 +17,9 @@ import torch
 from torch.nn import functional as F
 
 from pixelnet.config import DataConfig
-from pixelnet.data.processed import MANIFEST_SCHEMA, SPLITS, sha256_file
-from pixelnet.data.rawformat import RawDataset, atomic_dir, read_raw
+from pixelnet.data.processed import MANIFEST_SCHEMA, SPLITS
+from pixelnet.data.rawformat import RawDataset, read_raw
+from pixelnet.files import atomic_dir, sha256_file
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
 

@@ -11,7 +11,6 @@ Pixel values stay integer levels on disk and in memory; the model's
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,6 @@ MANIFEST_SCHEMA = 1
 class Split:
     images: torch.Tensor  # uint8 (N, C, H, W) levels
     labels: torch.Tensor  # int64 (N,)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(data_dir: Path) -> dict:
@@ -73,3 +64,12 @@ def load_split(data_dir: Path, split: str, manifest: dict | None = None) -> Spli
             "run `pixelnet preprocess` again"
         )
     return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
+
+
+def check_fits(manifest: dict, model_config, *, model_path: Path, data_dir: Path) -> None:
+    """A PixelNetError unless the model (its ModelConfig) was trained on data of this manifest's levels and shape."""
+    c = model_config
+    if manifest["levels"] != c.levels or list(manifest["shape"]) != [c.image_channels, c.height, c.width]:
+        raise PixelNetError(f"model {model_path} was trained on different data than {data_dir} (levels {c.levels}, "
+                            f"shape {[c.image_channels, c.height, c.width]} against {manifest['levels']}, "
+                            f"{manifest['shape']}): train again")

@@ -8,24 +8,20 @@ A raw dataset is one directory (data/raw/<dataset>/) holding:
     test_labels.npy    }
     meta.json          {"dataset", "source", "classes", "labeled", "official_test"}
 
-Directories are written atomically: everything goes to a temporary sibling
-that is renamed into place at the end, so an interrupted download never
-leaves a directory that looks complete.
+Directories are written atomically (files.atomic_dir), so an interrupted
+download never leaves a directory that looks complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pixelnet.errors import PixelNetError
+from pixelnet.files import atomic_dir
 
 
 @dataclass
@@ -41,28 +37,6 @@ class RawDataset:
     classes: list[str]
     labeled: bool
     source: str
-
-
-@contextmanager
-def atomic_dir(path: Path):
-    """Yield a temporary directory that replaces `path` only if the block succeeds."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as e:
-        raise PixelNetError(
-            f"cannot write output directory {path}: {e.strerror}. "
-            "Choose a writable location or fix its permissions."
-        ) from e
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_raw(dataset: RawDataset, out_dir: Path, *, name: str) -> None:

@@ -1,7 +1,22 @@
-"""Plain-PyTorch model code: masks, layers and networks. No I/O, devices or logging."""
+"""Plain-PyTorch model code: masks, layers, networks and their likelihood. No I/O, devices or logging.
 
-from pixelnet.model.gated import GatedPixelCNN
-from pixelnet.model.layers import scale_input
-from pixelnet.model.pixelcnn import MODEL_PARAM_KEYS, ModelConfig, PixelCNN, build_model, resolve_conditional
+    config.py      ModelParams (params.yaml's model section) and ModelConfig (plus the data's facts)
+    build.py       build_model, the one constructor every command uses
+    masks.py       autoregressive masks over raster order and colour channels
+    layers.py      masked convolutions, the residual block, input scaling
+    pixelcnn.py    PixelCNN
+    gated.py       Gated PixelCNN
+    likelihood.py  cross-entropy, bits/dim, the NLL of image sets
 
-__all__ = ["MODEL_PARAM_KEYS", "GatedPixelCNN", "ModelConfig", "PixelCNN", "build_model", "resolve_conditional", "scale_input"]
+Importing the package loads only the configs, so that a process that reads
+params (every stage) does not load the networks.
+"""
+
+from pixelnet.model.config import (
+    MODEL_PARAM_KEYS,
+    ModelConfig,
+    ModelParams,
+    resolve_conditional,
+)
+
+__all__ = ["MODEL_PARAM_KEYS", "ModelConfig", "ModelParams", "resolve_conditional"]

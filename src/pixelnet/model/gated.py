@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pixelnet.model.config import ModelConfig
 from pixelnet.model.layers import MaskedConv2d, make_norm, scale_input
 from pixelnet.model.masks import conv_mask
 
@@ -84,7 +85,7 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module):
     """Gated PixelCNN: 1 + blocks gated layers, skip connections summed into a 1x1 head."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         c, p, g = config.image_channels, config.channels, config.image_channels

@@ -1,4 +1,4 @@
-"""The PixelCNN network and its frozen config.
+"""The PixelCNN network.
 
 PixelCNN (van den Oord et al. 2016) as the project's seed describes it: a
 masked k x k type-A convolution, residual blocks around type-B masked
@@ -12,55 +12,11 @@ which is what `F.cross_entropy` takes against targets shaped (B, C, H, W).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
-
 import torch
 from torch import nn
 
-from pixelnet.model.gated import GatedPixelCNN
+from pixelnet.model.config import ModelConfig
 from pixelnet.model.layers import MaskedConv2d, ResidualBlock, scale_input
-from pixelnet.schema import require
-
-# Keys of ModelConfig that params.yaml's `model` section may set; the rest
-# (levels and image shape) come from the preprocessed data's manifest.
-MODEL_PARAM_KEYS = {"arch", "channels", "blocks", "first_kernel", "kernel", "norm", "conditional"}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    SECTION: ClassVar[str] = "model"
-
-    arch: Literal["pixelcnn", "gated"] = "pixelcnn"
-    channels: int = 64
-    blocks: int = 7
-    first_kernel: int = 7
-    kernel: int = 3
-    norm: Literal["batch", "none"] = "batch"
-    # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
-    conditional: bool | Literal["auto"] = False
-    n_classes: int = 0  # from the data; used when conditional
-    levels: int = 256
-    image_channels: int = 1
-    height: int = 28
-    width: int = 28
-
-    def __post_init__(self) -> None:
-        s = self.SECTION
-        require(self.channels >= 2 and self.channels % 2 == 0, s, "channels", "must be an even integer >= 2", self.channels)
-        require(self.channels // 2 >= self.image_channels, s, "channels",
-                f"must give at least one feature per image channel (>= {2 * self.image_channels})", self.channels)
-        require(self.blocks >= 0, s, "blocks", "must be >= 0", self.blocks)
-        for key in ("first_kernel", "kernel"):
-            k = getattr(self, key)
-            require(k >= 1 and k % 2 == 1, s, key, "must be an odd integer >= 1 (masks need a centre tap)", k)
-        require(self.first_kernel >= 3, s, "first_kernel", "must be >= 3 (a 1x1 type-A conv sees no pixel)", self.first_kernel)
-        require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
-        require(self.image_channels in (1, 3), s, "image_channels", "must be 1 or 3", self.image_channels)
-        require(self.height >= 1 and self.width >= 1, s, "height/width", "must be >= 1", (self.height, self.width))
-        # n_classes is 0 until the data fills it in (params.yaml cannot set it); then a conditional model needs 2+.
-        require(self.conditional is not True or self.n_classes != 1, s, "conditional",
-                "needs a labelled dataset with at least 2 classes", self.n_classes)
 
 
 class PixelCNN(nn.Module):
@@ -103,21 +59,3 @@ class PixelCNN(nn.Module):
         # Head channels are grouped by image channel: (B, C * levels, H, W) -> (B, C, levels, H, W).
         out = out.view(b, c, self.config.levels, hgt, wid)
         return out.transpose(1, 2)  # (B, levels, C, H, W)
-
-
-def resolve_conditional(config: ModelConfig, n_classes: int) -> bool:
-    """model.conditional for data with n_classes labelled classes (0: unlabelled): "auto" is conditional on 2+."""
-    if config.conditional == "auto":
-        return n_classes >= 2
-    return config.conditional
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    """The one constructor every command uses (model.conditional resolved: true or false)."""
-    if config.conditional == "auto":
-        raise ValueError("resolve model.conditional 'auto' against the data first (resolve_conditional)")
-    if config.arch == "pixelcnn":
-        return PixelCNN(config)
-    if config.arch == "gated":
-        return GatedPixelCNN(config)
-    raise ValueError(f"unknown arch {config.arch!r}")

@@ -27,16 +27,7 @@ Time to quality (train section of params.yaml):
   computed in float32.  It is what makes GPUs fast; on a CPU without
   AVX512-BF16 (or AMX) it is slower than float32.
 
-Resume after any kill: every `checkpoint_every` optimizer steps and at each
-epoch end, `fit` hands `on_save` the full state of the run (`capture`):
-weights, optimizer, schedule, EMA, every RNG, the position (epoch, batch,
-step), the epoch's partial loss sums, the training time so far and the epoch
-history, as tensors and plain types that load with weights_only=True.  The
-data order is kept as the order generator's state at the start of the epoch
-in progress: the permutation is drawn again and the batches done are skipped.
-`fit(..., resume=state)` continues from such a state and ends bit for bit
-where the uninterrupted run ends.  Where the state is written, and whether a
-saved one may be used, is the stage's business (stages.train).
+Resume after any kill: `fit` saves and continues from the run's full state (resume.py).
 
 Data parallel under torchrun (`dist`, distributed.py): every rank draws the
 same permutation and trains on its slice of each global batch; DDP averages
@@ -48,77 +39,33 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pixelnet.config import TrainConfig
 from pixelnet.data.processed import Split
-from pixelnet.distributed import Dist, select_device
-from pixelnet.likelihood import bits_per_dim, nats_to_bits_per_dim
-
-__all__ = ["EMA", "EpochRecord", "Progress", "TrainStep", "capture", "finished", "fit", "restore_final",
-           "select_device", "total_nll_nats"]
-
-STATE_FORMAT = 1  # the layout of `capture`'s dict
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    step: int
-    train_bpd: float
-    val_bpd: float
-    seconds: float
-    images_per_s: float
-    lr: float  # the learning rate of the epoch's last step
-    elapsed_seconds: float  # since fit began, validation included: what train.max_minutes is checked against
-
+from pixelnet.model.likelihood import (
+    bits_per_dim,
+    forward,
+    is_conditional,
+    mean_nll_nats,
+    nats_to_bits_per_dim,
+    total_nll_nats,
+)
+from pixelnet.training.distributed import Dist
+from pixelnet.training.resume import (
+    EpochRecord,
+    Progress,
+    capture,
+    finished,
+    set_rng_state,
+)
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
 EpochCallback = Callable[[EpochRecord], None]
-
-
-def nll_nats(logits: torch.Tensor, x: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
-    """likelihood.nll_nats / mean_nll_nats, computed on a (sub-pixels, levels) view of the logits.
-
-    logits (B, levels, C, H, W), x (B, C, H, W) levels.  A channels-last head
-    stores the logits as (B, H, W, C, levels), so the permute below is a view
-    and the softmax runs over contiguous rows; strided logits are copied once.
-    """
-    levels = logits.shape[1]
-    flat = logits.permute(0, 3, 4, 2, 1).reshape(-1, levels)  # (B * H * W * C, levels)
-    return F.cross_entropy(flat.float(), x.permute(0, 2, 3, 1).reshape(-1).long(), reduction=reduction)
-
-
-def conditional(model: nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), "conditional", False))
-
-
-def forward(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    return model(x) if labels is None else model(x, labels)
-
-
-@torch.no_grad()
-def total_nll_nats(
-    model: nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device, labels: torch.Tensor | None = None
-) -> float:
-    """Summed NLL (nats) of uint8 level images (N, C, H, W) under `model` in eval mode (labels (N,) if conditional)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        y = labels[start:start + batch_size].to(device) if labels is not None and conditional(model) else None
-        total += float(nll_nats(forward(model, x, y), x, reduction="sum"))
-    model.train(was_training)
-    return total
 
 
 def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int) -> float:
@@ -175,7 +122,7 @@ class TrainStep:
     itself, whose weights the EMA averages (default: `model`).
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss = nll_nats,
+    def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss = mean_nll_nats,
                  module: nn.Module | None = None) -> None:
         self.model = model
         self.module = model if module is None else module
@@ -220,78 +167,6 @@ class TrainStep:
                 self.ema.shadow[k].copy_(v)
             self.ema.updates = state["ema"]["updates"]
         self.last_lr = state["last_lr"]
-
-
-def rng_state(device: torch.device) -> dict:
-    """Every RNG a run could draw from, as tensors and plain types (weights_only-loadable)."""
-    _, key, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
-    }
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    n, p = state["numpy"], state["python"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-
-
-@dataclass
-class Progress:
-    """Where a run stands between two optimizer steps, besides its weights, optimizer and RNGs."""
-
-    epoch: int = 1  # the epoch in progress, from 1
-    batch: int = 0  # its batches done
-    step: int = 0  # optimizer steps done in all
-    loss_sum: float = 0.0  # the epoch's sum of batch loss (bits/dim) x batch size, so far
-    seen: int = 0  # the epoch's images so far
-    epoch_seconds: float = 0.0  # the epoch's training time so far
-    elapsed: float = 0.0  # the run's time so far, validation and earlier sessions included
-    order: torch.Tensor | None = None  # the data-order generator's state at the start of `epoch`
-    history: list[EpochRecord] = field(default_factory=list)
-
-    def to_state(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"} | {
-            "history": [vars(r) for r in self.history]}
-
-    @classmethod
-    def from_state(cls, state: dict) -> Progress:
-        return cls(**{k: v for k, v in state.items() if k != "history"},
-                   history=[EpochRecord(**r) for r in state["history"]])
-
-
-def budget_binds(history: list[EpochRecord], cfg: TrainConfig) -> bool:
-    """train.max_minutes: the next epoch would end past the budget, at the average pace so far."""
-    if cfg.max_minutes is None or not history:
-        return False
-    elapsed = history[-1].elapsed_seconds
-    return elapsed + elapsed / len(history) > 60 * cfg.max_minutes
-
-
-def finished(progress: Progress, cfg: TrainConfig) -> bool:
-    """At an epoch boundary, with every epoch done or the time budget spent."""
-    return progress.batch == 0 and (len(progress.history) >= cfg.epochs or budget_binds(progress.history, cfg))
-
-
-def capture(step_fn: TrainStep, progress: Progress, device: torch.device) -> dict:
-    """The full state of a run, as `on_save` gets it.  Its tensors are the live ones: save or copy them at once."""
-    return {"format": STATE_FORMAT, "model": step_fn.module.state_dict(), "train_step": step_fn.state_dict(),
-            "rng": rng_state(device), "progress": progress.to_state()}
-
-
-def restore_final(model: nn.Module, state: dict) -> None:
-    """Give `model` the weights a finished run's state ends with, as `fit` leaves them (the EMA's if any)."""
-    ema = state["train_step"]["ema"]
-    model.load_state_dict(ema["shadow"] if ema else state["model"])
-    model.eval()
 
 
 def fit(
@@ -370,13 +245,13 @@ def fit(
 def _train_batch(step_fn: TrainStep, train: Split, idx: torch.Tensor, *, device: torch.device, dist: Dist) -> float:
     """One optimizer step on train[idx]; the loss in bits/dim, averaged over ranks."""
     x = train.images[idx].to(device)
-    labels = train.labels[idx].to(device) if conditional(step_fn.module) else None
+    labels = train.labels[idx].to(device) if is_conditional(step_fn.module) else None
     return nats_to_bits_per_dim(dist.mean(step_fn(x, labels)).item())
 
 
 def _val_bpd(model: nn.Module, val: Split, *, batch_size: int, device: torch.device) -> float:
     if not len(val.images):
         return math.nan
-    labels = val.labels if conditional(model) else None
+    labels = val.labels if is_conditional(model) else None
     nats = total_nll_nats(model, val.images, batch_size=batch_size, device=device, labels=labels)
     return bits_per_dim(nats, len(val.images), val.images[0].numel())

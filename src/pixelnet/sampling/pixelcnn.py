@@ -20,7 +20,7 @@ of every layer; groups < g at (i, j) were final after step g - 1, and
 groups > g hold stale values that the masks multiply by zero.  A colour
 pixel costs what a grayscale one does.
 
-BatchNorm (eval) is folded into the conv before it, in float64; the logits
+BatchNorm (eval) is folded into the conv before it, in float64 (fold.py); the logits
 then agree with the model's forward pass to float32 rounding.  A conditional
 model's per-class biases are added to the input conv's row taps and to each
 block's last bias, per image.
@@ -34,9 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixelnet.model import PixelCNN, scale_input
-from pixelnet.model.layers import MaskedConv2d
+from pixelnet.model.layers import MaskedConv2d, scale_input
 from pixelnet.model.masks import channel_group
+from pixelnet.model.pixelcnn import PixelCNN
+from pixelnet.sampling.fold import fold_norm
 
 
 @dataclass(frozen=True)
@@ -67,22 +68,9 @@ class PreparedConv:
         return out[:, :, 0].permute(2, 0, 1).contiguous()  # (W, N, Cout)
 
 
-def _fold(conv: MaskedConv2d, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked weight and bias of conv followed by norm (eval BatchNorm or Identity), in float64."""
-    w = conv.masked_weight().double()
-    b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
-    if isinstance(norm, nn.BatchNorm2d):
-        scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-        w = w * scale[:, None, None, None]
-        b = (b - norm.running_mean.double()) * scale + norm.bias.double()
-    elif norm is not None and not isinstance(norm, nn.Identity):
-        raise ValueError(f"cannot fold {type(norm).__name__} into a conv for incremental sampling")
-    return w, b
-
-
 def prepare(conv: MaskedConv2d, norm: nn.Module | None, *, groups: int, dtype: torch.dtype) -> PreparedConv:
     """Fold `norm` into `conv` and cut out the centre-row matrices, one per colour group of its outputs."""
-    w, b = _fold(conv, norm)
+    w, b = fold_norm(conv.masked_weight(), conv.bias, norm)
     c_out, c_in, k, _ = w.shape
     p = k // 2
     # Centre row, columns 0 .. p of the kernel: (Cout, Cin, p + 1) -> ((p + 1) * Cin, Cout), rows (column, Cin).

@@ -16,7 +16,7 @@ later than the channel being drawn then hold values computed before that
 channel was written, but the masks give them zero weight in its logits,
 and they are recomputed at the step of their own channel.
 
-BatchNorm (eval) after the residual 1x1 is folded into it, in float64.
+BatchNorm (eval) after the residual 1x1 is folded into it, in float64 (fold.py).
 """
 
 from __future__ import annotations
@@ -27,15 +27,12 @@ from torch.nn import functional as F
 
 from pixelnet.model.gated import GatedLayer, GatedPixelCNN
 from pixelnet.model.layers import MaskedConv2d, scale_input
+from pixelnet.sampling.fold import fold_norm
 
 
 def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module | None = None):
     """A 1x1 conv (Cout, Cin, 1, 1), then optional eval BatchNorm -> (Cin, Cout) matrix and (Cout,) bias."""
-    w = weight.double()[:, :, 0, 0]
-    b = bias.double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
-    if isinstance(norm, nn.BatchNorm2d):
-        scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-        w, b = w * scale[:, None], (b - norm.running_mean.double()) * scale + norm.bias.double()
+    w, b = fold_norm(weight[:, :, 0, 0], bias, norm)
     return w.t().contiguous().to(weight.dtype), b.to(weight.dtype)
 
 

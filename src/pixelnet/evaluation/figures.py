@@ -1,4 +1,4 @@
-"""Evaluation: test NLL and the figures people look at (sample grids, loss curves).
+"""The figures people look at: sample grids, completions, samples beside real images, loss curves.
 
 Images arrive as uint8 levels (N, C, H, W); `to_display` maps them back to
 0..255 for viewing (level * 255 / (levels - 1)).
@@ -13,57 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-
-from pixelnet.likelihood import bits_per_dim
-from pixelnet.training import conditional, nll_nats, total_nll_nats
-
-
-def test_nll(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device,
-             labels: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> dict[str, float]:
-    """Test NLL in bits/dim and nats/image (exact discrete likelihood, no dequantization offset).
-
-    labels (N,): the classes, used by a conditional model.  Its NLL given
-    the true labels is `test_bits_per_dim_given_label`; with `prior` (the
-    class probabilities p(y), e.g. the train split's frequencies),
-    `test_bits_per_dim` is the model's NLL of the images alone,
-    -log p(x) = -log sum_y p(y) p(x | y): exact, and comparable with an
-    unconditional model's.  Without a prior it is the NLL given the labels.
-    """
-    n, dims = len(images), images[0].numel()
-    total = total_nll_nats(model, images, batch_size=batch_size, device=device, labels=labels)
-    out = {"test_bits_per_dim": bits_per_dim(total, n, dims), "test_nats_per_image": total / n}
-    if conditional(model) and labels is not None:
-        out["test_bits_per_dim_given_label"] = out["test_bits_per_dim"]
-        if prior is not None:
-            total = float(marginal_nll_nats(model, images, prior=prior, batch_size=batch_size, device=device).sum())
-            out |= {"test_bits_per_dim": bits_per_dim(total, n, dims), "test_nats_per_image": total / n}
-    return out
-
-
-@torch.no_grad()
-def marginal_nll_nats(model: torch.nn.Module, images: torch.Tensor, *, prior: torch.Tensor, batch_size: int,
-                      device: torch.device) -> torch.Tensor:
-    """Per-image -log p(x) = -log sum_y p(y) p(x | y) in nats (float64, (N,)) under a conditional model in eval mode.
-
-    prior (classes,): p(y), summing to 1; one forward pass per class and batch.
-    """
-    was_training = model.training
-    model.eval()
-    log_prior = prior.double().log().to(device)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        per_class = [nll_nats(model(x, torch.full((len(x),), k, device=device, dtype=torch.long)), x, reduction="none")
-                     .view(len(x), -1).double().sum(dim=1) for k in range(len(prior))]  # each (B,): -log p(x | k)
-        out.append(-torch.logsumexp(log_prior - torch.stack(per_class, dim=1), dim=1))
-    model.train(was_training)
-    return torch.cat(out).cpu()
-
-
-def class_prior(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Class frequencies (n_classes,) of integer labels: the p(y) that `test_nll` marginalizes a conditional model over."""
-    counts = torch.bincount(labels.long(), minlength=n_classes).double()
-    return counts / counts.sum()
 
 
 def to_display(images: torch.Tensor | np.ndarray, levels: int) -> np.ndarray:

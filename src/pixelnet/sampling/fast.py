@@ -1,6 +1,6 @@
 """Fast exact sampling with per-layer caches, and image completion.
 
-`sample_fast` takes the same arguments as `sampling.sample_naive` and returns
+`sample_fast` takes the same arguments as `naive.sample_naive` and returns
 the same images: it draws every sub-pixel with the same `draw` from the same
 noise, from logits that equal the full forward pass's up to float rounding.
 Instead of one forward pass per sub-pixel it asks the model's incremental
@@ -22,10 +22,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from pixelnet.incremental_gated import GatedIncremental
-from pixelnet.incremental_pixelcnn import PixelCNNIncremental
-from pixelnet.model import GatedPixelCNN, PixelCNN
-from pixelnet.sampling import Progress, draw, sampling_noise
+from pixelnet.model.gated import GatedPixelCNN
+from pixelnet.model.pixelcnn import PixelCNN
+from pixelnet.sampling.gated import GatedIncremental
+from pixelnet.sampling.naive import RowWrapper, draw, sampling_noise
+from pixelnet.sampling.pixelcnn import PixelCNNIncremental
 
 
 class Incremental(Protocol):
@@ -72,7 +73,7 @@ def sample_fast(
     temperature: float = 1.0,
     given: torch.Tensor | None = None,
     start_row: int = 0,
-    progress: Progress | None = None,
+    progress: RowWrapper | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The images `sample_naive` draws from the same arguments, computed with per-layer caches.
@@ -109,7 +110,7 @@ def complete(
     completions: int,
     seed: int,
     temperature: float = 1.0,
-    progress: Progress | None = None,
+    progress: RowWrapper | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Keep the top `rows` rows of each image (N, C, H, W) and sample the rest, `completions` times.

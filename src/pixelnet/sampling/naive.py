@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-Progress = Callable[[Iterable[int]], Iterable[int]]
+RowWrapper = Callable[[Iterable[int]], Iterable[int]]  # wraps the range of rows drawn, e.g. in a progress bar
 
 
 def sampling_noise(n: int, channels: int, height: int, width: int, *, seed: int) -> torch.Tensor:
@@ -40,7 +40,7 @@ def sample_naive(
     given: torch.Tensor | None = None,
     start_row: int = 0,
     labels: torch.Tensor | None = None,
-    progress: Progress | None = None,
+    progress: RowWrapper | None = None,
 ) -> torch.Tensor:
     """One full forward pass per sub-pixel: the simple, slow reference sampler.
 

@@ -34,9 +34,9 @@ import pandas as pd
 import yaml
 
 from pixelnet.config import DataConfig
-from pixelnet.data.processed import SPLITS, read_manifest, sha256_file
-from pixelnet.data.rawformat import atomic_dir
+from pixelnet.data.processed import SPLITS, read_manifest
 from pixelnet.errors import PixelNetError
+from pixelnet.files import atomic_dir, sha256_file, write_json
 
 TABLES = ("splits", "images", "classes", "overlap")
 SUMMARY = "summary.json"
@@ -229,7 +229,9 @@ def _gx():
 def _build_suites(context: Any, suite: Suite) -> dict[str, Any]:
     """One GE suite per table, plus `images_empty` (row counts only) for empty splits."""
     gx = _gx()
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
     built = {}
     entries_by_name = dict(suite.tables)
@@ -299,12 +301,6 @@ def describe_failure(entry: dict) -> str:
     return f"{where}: {entry['expectation']}({args}): observed {_fmt(entry['observed'])}"
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def validate(cfg: DataConfig, *, data_dir: Path, suite_path: Path, out_dir: Path) -> dict:
     """Validate data_dir against the suite; write out_dir/summary.json and out_dir/gx/.
 
@@ -327,7 +323,7 @@ def validate(cfg: DataConfig, *, data_dir: Path, suite_path: Path, out_dir: Path
         "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
         "results": entries,
     }
-    _write_json_atomic(out_dir / SUMMARY, summary)
+    write_json(out_dir / SUMMARY, summary)
     if failed:
         lines = "\n".join(f"  {describe_failure(e)}" for e in failed)
         raise PixelNetError(

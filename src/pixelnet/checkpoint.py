@@ -1,0 +1,78 @@
+"""Model checkpoints: saved atomically, loaded safely, one loader for every command.
+
+A checkpoint is a `torch.save`d dict of plain types and tensors:
+{"schema_version", "config" (ModelConfig as a dict), "state_dict", "meta"}.
+`load_model` is the one loader every command uses: it reads with
+`weights_only=True`, so no arbitrary object is ever unpickled, and rebuilds
+the model through `build_model` from the stored config.
+
+The training state that a killed run resumes from is written and read the
+same ways, in pixelnet.training.resume.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pixelnet.errors import PixelNetError
+from pixelnet.files import atomic_file
+from pixelnet.model import ModelConfig
+from pixelnet.model.build import build_model
+from pixelnet.schema import from_mapping, to_dict
+
+SCHEMA_VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through `atomic_file`: the old file or the new one, never a torn one."""
+    with atomic_file(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)  # into a file object: the archive's inner name is then fixed, not the temp file's
+
+
+def save_checkpoint(model: nn.Module, config: ModelConfig, path: Path, *, meta: dict | None = None) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(
+        {"schema_version": SCHEMA_VERSION, "config": to_dict(config), "state_dict": state, "meta": meta or {}}, path
+    )
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True, with clear messages for every failure."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PixelNetError(f"checkpoint {path} not found: run `pixelnet train` first or pass --model") from None
+    except pickle.UnpicklingError as e:
+        raise PixelNetError(
+            f"refusing to load {path}: it contains objects other than tensors and plain data, which could run code "
+            f"({str(e).splitlines()[0]}). Only load checkpoints written by PixelNet."
+        ) from None
+    except Exception as e:  # torch.load fails in many ways on a damaged file (RuntimeError, EOFError, struct.error, ...)
+        raise PixelNetError(
+            f"cannot read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt or truncated: train again"
+        ) from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+        raise PixelNetError(f"{path} is not a PixelNet checkpoint (no config/state_dict)")
+    if ckpt.get("schema_version") != SCHEMA_VERSION:
+        raise PixelNetError(
+            f"{path} has checkpoint schema {ckpt.get('schema_version')!r}, this PixelNet reads {SCHEMA_VERSION}: retrain the model"
+        )
+    return ckpt
+
+
+def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the model from a checkpoint, in eval mode, on `device`."""
+    ckpt = read_checkpoint(path)
+    config = from_mapping(ModelConfig, ckpt["config"], section="model")
+    model = build_model(config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise PixelNetError(f"checkpoint {path} does not match its config ({e}); retrain the model") from None
+    return model.to(device).eval(), config

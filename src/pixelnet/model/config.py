@@ -1,0 +1,86 @@
+"""The model's configuration: what params.yaml's `model` section sets, and what the data adds.
+
+`ModelParams` is the `model` section, checked by pixelnet.config like every
+section.  `ModelConfig` is what a network is built from and what a checkpoint
+stores: those params plus the facts of the data it models (intensity levels,
+image shape, classes), which have no defaults, so a model can only be built for
+data it was told about (`ModelConfig.for_data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from pixelnet.schema import require
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """params.yaml's `model` section (its defaults equal params.yaml's: tests/test_config.py)."""
+
+    SECTION: ClassVar[str] = "model"
+
+    arch: Literal["pixelcnn", "gated"] = "pixelcnn"
+    channels: int = 64
+    blocks: int = 7
+    first_kernel: int = 7
+    kernel: int = 5
+    norm: Literal["batch", "none"] = "batch"
+    # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
+    conditional: bool | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        s = self.SECTION
+        require(self.channels >= 2 and self.channels % 2 == 0, s, "channels", "must be an even integer >= 2", self.channels)
+        require(self.blocks >= 0, s, "blocks", "must be >= 0", self.blocks)
+        for key in ("first_kernel", "kernel"):
+            k = getattr(self, key)
+            require(k >= 1 and k % 2 == 1, s, key, "must be an odd integer >= 1 (masks need a centre tap)", k)
+        require(self.first_kernel >= 3, s, "first_kernel", "must be >= 3 (a 1x1 type-A conv sees no pixel)", self.first_kernel)
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelParams):
+    """ModelParams plus the data's facts; `conditional` resolved to true or false."""
+
+    conditional: bool = False
+    n_classes: int = field(kw_only=True)  # labelled classes of the data, 0 if unlabelled
+    levels: int = field(kw_only=True)
+    image_channels: int = field(kw_only=True)
+    height: int = field(kw_only=True)
+    width: int = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.SECTION
+        require(isinstance(self.conditional, bool), s, "conditional", "must be resolved to true or false against "
+                "the data (ModelConfig.for_data)", self.conditional)
+        require(self.channels // 2 >= self.image_channels, s, "channels",
+                f"must give at least one feature per image channel (>= {2 * self.image_channels})", self.channels)
+        require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
+        require(self.image_channels in (1, 3), s, "image_channels", "must be 1 or 3", self.image_channels)
+        require(self.height >= 1 and self.width >= 1, s, "height/width", "must be >= 1", (self.height, self.width))
+        require(self.n_classes >= 0, s, "n_classes", "must be >= 0", self.n_classes)
+        require(not self.conditional or self.n_classes >= 2, s, "conditional",
+                "needs a labelled dataset with at least 2 classes", self.n_classes)
+
+    @classmethod
+    def for_data(cls, params: ModelParams, *, levels: int, image_channels: int, height: int, width: int,
+                 n_classes: int) -> ModelConfig:
+        """The config of `params` for data with these levels, shape and classes (0: unlabelled)."""
+        chosen = {f.name: getattr(params, f.name) for f in dataclasses.fields(ModelParams)}
+        return cls(**chosen | {"conditional": resolve_conditional(params.conditional, n_classes)}, levels=levels,
+                   image_channels=image_channels, height=height, width=width, n_classes=n_classes)
+
+
+# The keys params.yaml's `model` section may set: ModelParams' fields, nothing else.
+MODEL_PARAM_KEYS = frozenset(f.name for f in dataclasses.fields(ModelParams))
+
+
+def resolve_conditional(conditional: bool | Literal["auto"], n_classes: int) -> bool:
+    """model.conditional for data with n_classes labelled classes (0: unlabelled): "auto" is conditional on 2+."""
+    if conditional == "auto":
+        return n_classes >= 2
+    return conditional

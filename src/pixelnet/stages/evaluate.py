@@ -1,0 +1,124 @@
+"""The evaluate stage: test bits/dim, the samples' quality by a classifier, and the figures.
+
+Writes metrics.json (deterministic), samples_vs_real.png and loss_curves.png.
+With --mlflow it also decides whether the model version becomes `champion`
+(tracking/registry.py) and writes that decision to champion.json, which is
+not a DVC output: it depends on the registry, not only on the stage's inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from tqdm.auto import tqdm
+
+from pixelnet.checkpoint import load_model
+from pixelnet.command import (
+    MlflowOpt,
+    ParamsOpt,
+    SetOpt,
+    load_params,
+    report,
+    run_command,
+)
+from pixelnet.config import EvaluateConfig
+from pixelnet.data.processed import check_fits, load_split, read_manifest
+from pixelnet.errors import PixelNetError
+from pixelnet.evaluation.figures import image_grid, plot_loss_curves, side_by_side
+from pixelnet.evaluation.nll import test_nll
+from pixelnet.evaluation.quality import format_table, sample_quality
+from pixelnet.files import make_dir, write_json
+from pixelnet.model.likelihood import class_prior
+from pixelnet.training.distributed import select_device
+
+
+def sample_scores(samples: np.ndarray, *, data_dir: Path, manifest: dict, test, levels: int,
+                  labels: np.ndarray | None = None) -> dict:
+    """The classifier's scores of the samples and of real images (quality.py), or a note for unlabelled data.
+
+    labels: the classes conditional samples were drawn for (-1 where unconditional).
+    """
+    classes = manifest.get("classes") or []
+    if not manifest.get("labeled") or len(classes) < 2 or len(samples) < 2:
+        return {"quality_note": "skipped: sample scores need a labelled dataset with 2+ classes and 2+ samples"}
+    scores = sample_quality(torch.from_numpy(samples), train=load_split(data_dir, "train", manifest),
+                            val=load_split(data_dir, "val", manifest), test=test, levels=levels, n_classes=len(classes),
+                            sample_labels=torch.from_numpy(labels) if labels is not None and (labels >= 0).all() else None)
+    tqdm.write(format_table(scores))
+    return scores
+
+
+def read_samples(samples_path: Path, manifest: dict, levels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """samples.npy, checked against the model, and the labels.npy beside it (None if absent)."""
+    try:
+        samples = np.load(samples_path, allow_pickle=False)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise PixelNetError(f"cannot read samples {samples_path} ({e}); run `pixelnet sample` first") from None
+    if samples.ndim != 4 or list(samples.shape[1:]) != list(manifest["shape"]) or samples.max(initial=0) >= levels:
+        raise PixelNetError(f"samples {samples_path} {samples.shape} do not fit the model (levels {levels}, "
+                            f"shape {manifest['shape']}); run `pixelnet sample` with this model")
+    labels_path = Path(samples_path).parent / "labels.npy"  # written beside samples.npy by `sample`
+    return samples, np.load(labels_path, allow_pickle=False) if labels_path.is_file() else None
+
+
+def evaluate(
+    cfg: EvaluateConfig, *, model_path: Path, data_dir: Path, samples_path: Path, train_reports: Path, out_dir: Path
+) -> dict:
+    """Test NLL, loss curves, and the samples beside real test images."""
+    device = select_device("auto")
+    model, mcfg = load_model(model_path, device=device)
+    manifest = read_manifest(data_dir)
+    test = load_split(data_dir, "test", manifest)
+    check_fits(manifest, mcfg, model_path=model_path, data_dir=data_dir)
+    prior = class_prior(load_split(data_dir, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
+    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels, prior=prior)
+    metrics["test_images"] = len(test.images)
+    make_dir(out_dir)
+    samples, labels = read_samples(samples_path, manifest, mcfg.levels)
+    metrics.update(sample_scores(samples, data_dir=data_dir, manifest=manifest, test=test, levels=mcfg.levels,
+                                 labels=labels))
+    real = test.images[: cfg.grid_n]
+    side_by_side(image_grid(samples[: cfg.grid_n], mcfg.levels), image_grid(real, mcfg.levels)).save(
+        out_dir / "samples_vs_real.png")
+    try:
+        steps = pd.read_csv(Path(train_reports) / "steps.csv")
+        epochs = pd.read_csv(Path(train_reports) / "epochs.csv")
+    except (FileNotFoundError, pd.errors.ParserError) as e:
+        raise PixelNetError(f"cannot read training reports in {train_reports} ({e}); run `pixelnet train` first") from None
+    plot_loss_curves(steps, epochs, out_dir / "loss_curves.png")
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def command(
+    model: Annotated[Path, typer.Option(help="checkpoint to evaluate")],
+    data: Annotated[Path, typer.Option(help="preprocessed data directory (its test split is used)")],
+    samples: Annotated[Path, typer.Option(help="samples.npy written by `sample`")],
+    train_reports: Annotated[Path, typer.Option(help="the training reports directory (steps.csv, epochs.csv)")],
+    out: Annotated[Path, typer.Option(help="directory for metrics.json and figures")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    mlflow: MlflowOpt = False,
+) -> None:
+    """Test NLL in bits/dim, loss curves, and samples beside real test images (params: evaluate)."""
+    cfg = load_params(params, set_).evaluate
+    work = lambda: evaluate(cfg, model_path=model, data_dir=data, samples_path=samples,  # noqa: E731
+                            train_reports=train_reports, out_dir=out)
+    if not mlflow:
+        report(work())
+        return
+    from pixelnet.tracking.registry import record_champion
+    from pixelnet.tracking.runs import track_stage
+
+    report(track_stage("evaluate", model_path=model, samples_path=samples, out_dir=out, params=cfg, work=work,
+                       images={"samples_vs_real": "samples_vs_real.png", "loss_curves": "loss_curves.png"},
+                       after=record_champion(out)))
+
+
+if __name__ == "__main__":
+    run_command(command, prog="pixelnet evaluate")

@@ -1,0 +1,106 @@
+"""The sample stage: sample.n images drawn pixel by pixel from the trained model, and their grid.
+
+Writes samples.npy (uint8 levels, (N, C, H, W)), labels.npy (the class each
+image was drawn for, -1 for an unconditional model), grid.png and sample.json;
+the sampling time goes to timing.json, which nothing downstream reads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from tqdm.auto import tqdm
+
+from pixelnet.checkpoint import load_model
+from pixelnet.command import (
+    MlflowOpt,
+    ParamsOpt,
+    SetOpt,
+    load_params,
+    model_file,
+    report,
+    run_command,
+)
+from pixelnet.config import SampleConfig
+from pixelnet.errors import PixelNetError
+from pixelnet.evaluation.figures import image_grid
+from pixelnet.files import make_dir, write_json
+from pixelnet.model import ModelConfig
+from pixelnet.sampling import sample_fast, sample_naive, sampling_noise, supports
+from pixelnet.training.distributed import select_device
+
+
+def sample_labels(cfg: SampleConfig, mcfg: ModelConfig) -> tuple[torch.Tensor | None, int | None]:
+    """Class labels (n,) to draw for a conditional model, and the grid's images per row.
+
+    With sample.label set, every image is of that class.  Otherwise the classes
+    take turns, image k of class k mod classes: every class is drawn equally
+    often, any `classes` consecutive images hold one of each, and the grid has
+    one column per class.
+    """
+    if not mcfg.conditional:
+        if cfg.label is not None:
+            raise PixelNetError(f"sample.label={cfg.label} needs a conditional model (model.conditional: true); "
+                                "this model is unconditional: drop the label")
+        return None, None
+    if cfg.label is not None:
+        if cfg.label >= mcfg.n_classes:
+            raise PixelNetError(f"sample.label={cfg.label} is not a class of this model: use 0 .. {mcfg.n_classes - 1}")
+        return torch.full((cfg.n,), cfg.label, dtype=torch.long), None
+    return torch.arange(cfg.n) % mcfg.n_classes, mcfg.n_classes
+
+
+def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:
+    """Draw cfg.n images; write samples.npy, labels.npy, grid.png, sample.json and timing.json."""
+    model, mcfg = load_model(model_path, device=select_device(device))
+    if cfg.method == "fast" and not supports(model):
+        raise PixelNetError(f"sample.method fast has no cached form for model.arch {mcfg.arch}: set sample.method=naive")
+    labels, per_row = sample_labels(cfg, mcfg)
+    noise = sampling_noise(cfg.n, mcfg.image_channels, mcfg.height, mcfg.width, seed=cfg.seed)
+    progress = lambda rows: tqdm(rows, desc=f"sample {cfg.n} ({cfg.method})", unit="row")  # noqa: E731
+    t0 = time.perf_counter()
+    draw = sample_fast if cfg.method == "fast" else sample_naive
+    images = draw(model, noise, temperature=cfg.temperature, labels=labels, progress=progress)
+    seconds = time.perf_counter() - t0
+    make_dir(out_dir)
+    np.save(out_dir / "samples.npy", images.numpy())
+    np.save(out_dir / "labels.npy", (labels if labels is not None else torch.full((cfg.n,), -1)).numpy().astype(np.int64))
+    image_grid(images, mcfg.levels, nrow=per_row).save(out_dir / "grid.png")
+    info = {"n": cfg.n, "method": cfg.method, "temperature": cfg.temperature, "seed": cfg.seed,
+            "levels": mcfg.levels, "label": cfg.label, "conditional": mcfg.conditional}
+    write_json(out_dir / "sample.json", info)
+    write_json(out_dir / "timing.json", {"sample_seconds": seconds})
+    return info | {"sample_seconds": seconds}
+
+
+def command(
+    model: Annotated[str, typer.Option(help="checkpoint to sample from, or a registered model: models:/pixelnet@champion")],
+    out: Annotated[Path, typer.Option(help="directory for samples.npy, grid.png and sample.json")],
+    params: ParamsOpt = Path("params.yaml"),
+    method: Annotated[str | None, typer.Option(help="override sample.method: fast (cached) or naive; same images")] = None,
+    label: Annotated[int | None, typer.Option(help="conditional models: draw only this class (overrides sample.label)")] = None,
+    set_: SetOpt = None,
+    mlflow: MlflowOpt = False,
+) -> None:
+    """Generate sample.n images pixel by pixel (params: sample)."""
+    overrides = list(set_ or []) + ([f"sample.method={method}"] if method else [])
+    overrides += [f"sample.label={label}"] if label is not None else []
+    cfg = load_params(params, overrides).sample
+    with model_file(model) as path:
+        work = lambda: sample(cfg, model_path=path, out_dir=out)  # noqa: E731
+        if not mlflow:
+            report(work())
+            return
+        from pixelnet.tracking.runs import track_stage
+
+        report(track_stage("sample", model_path=path, out_dir=out, params=cfg, work=work, images={"grid": "grid.png"},
+                           publishes={"samples_sha256": out / "samples.npy"}))
+
+
+if __name__ == "__main__":
+    run_command(command, prog="pixelnet sample")

@@ -1,0 +1,56 @@
+"""What `mlflow.pyfunc.load_model` returns for a PixelNet model: `predict` scores images in bits/dim.
+
+MLflow calls `_load_pyfunc(data_path)` (this module is the model's loader_module);
+the model's data is the checkpoint, read with weights_only=True.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class PixelNetPyfunc:
+    """predict(images) -> bits/dim per image.
+
+    images are integer levels shaped (N, C, H, W) or (N, C*H*W) (a DataFrame of
+    rows works).  A class-conditional model scores -log p(x | y) given
+    params={"labels": [...]}, and without labels -log p(x) = -log sum_y p(y) p(x | y),
+    with p(y) the class frequencies of its train split (saved in the checkpoint).
+    """
+
+    def __init__(self, checkpoint: str) -> None:
+        from pixelnet.checkpoint import load_model, read_checkpoint
+
+        self.model, self.config = load_model(Path(checkpoint))
+        self.class_prior = read_checkpoint(Path(checkpoint))["meta"].get("class_prior")
+
+    def predict(self, model_input: Any, params: dict | None = None) -> np.ndarray:
+        import torch
+
+        from pixelnet.model.likelihood import bits_per_dim, marginal_nll_nats, nll_nats
+
+        c = self.config
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.int64)).reshape(-1, c.image_channels, c.height, c.width)
+        labels = (params or {}).get("labels")
+        dims = x[0].numel()
+        if c.conditional and labels is None:
+            if self.class_prior is None:
+                raise ValueError("this class-conditional model has no saved class prior: pass params={'labels': [...]}")
+            nats = marginal_nll_nats(self.model, x, prior=torch.tensor(self.class_prior), batch_size=64,
+                                     device=torch.device("cpu"))
+            return np.asarray([bits_per_dim(float(v), 1, dims) for v in nats])
+        scores = []
+        with torch.no_grad():
+            for i in range(len(x)):
+                xi = x[i:i + 1]
+                logits = self.model(xi, torch.as_tensor([labels[i]])) if labels is not None else self.model(xi)
+                scores.append(bits_per_dim(float(nll_nats(logits, xi, reduction="sum")), 1, dims))
+        return np.asarray(scores)
+
+
+def _load_pyfunc(data_path: str) -> PixelNetPyfunc:
+    """MLflow's loader_module hook."""
+    return PixelNetPyfunc(data_path)

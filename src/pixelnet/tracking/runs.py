@@ -1,0 +1,199 @@
+"""One MLflow run per pipeline execution: train starts it, the later stages find it by content hashes.
+
+`track_train` creates the run (experiment `pixelnet`), logs params, the
+per-epoch and per-step metrics, the reports and the model, and tags the run
+with `model_sha256`, the hash of the checkpoint it wrote.  A later stage
+(`track_stage`) hashes the files it reads, finds the newest run with those
+tags and logs into it: sample and complete by the model's hash; evaluate by
+the model's and the samples' (`samples_sha256`, which sample tags).  Nothing
+that names a run is a file in the pipeline, so dvc.lock holds only content
+that two clean runs reproduce.
+
+When DVC re-runs a stage whose results the run already holds (sample and
+evaluate re-run after sample.temperature changes), the stage continues in a
+new run that copies what the earlier stages logged, so each execution is one
+complete run in the UI.  What belongs to which stage is read off its name
+(`OWNERS`): params by section, metrics and artifacts by their `stage/` prefix.
+When no run holds the model (DVC restored train's outputs from its cache into
+a fresh MLflow store), the stage starts a run of its own and says so in a tag.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pixelnet.files import sha256_file
+from pixelnet.schema import to_dict
+from pixelnet.tracking.registry import log_model
+from pixelnet.tracking.store import (
+    connect,
+    dict_metrics,
+    experiment_id,
+    finish,
+    flatten,
+    frame_metrics,
+    log_batch,
+    log_dir,
+    mlflow_errors,
+    repo_root,
+)
+
+# Who logged a key, by its first component: params by section, metrics/artifacts by prefix, the content tags.
+OWNERS = {"data": "train", "model": "train", "train": "train", "epoch": "train", "step": "train",
+          "validation": "train", "model_sha256": "train", "sample": "sample", "samples_sha256": "sample",
+          "complete": "complete", "evaluate": "evaluate"}
+# Re-running a stage redoes it and everything after it in the chain.
+REDONE = {"train": {"train", "sample", "complete", "evaluate"}, "sample": {"sample", "evaluate"},
+          "complete": {"complete"}, "evaluate": {"evaluate"}}
+TIMING_FILE = "timing.json"  # train's wall-clock figures (stages/train.py), logged as metrics
+
+
+def owner(key: str) -> str:
+    """The stage that logged a param, metric, tag or artifact path (images/ keys use ~ for /)."""
+    head = key.removeprefix("images/").replace("~", "/")
+    for sep in "./":
+        head = head.split(sep, 1)[0]
+    return OWNERS.get(head, "train")
+
+
+def provenance(data_dir: Path | None = None) -> dict[str, str]:
+    """Tags tying a run to its code and data: git commit, dvc.lock and data manifest hashes."""
+    root = repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    tags = {"git_commit": commit, "mlflow.source.git.commit": commit}
+    for name, path in (("dvc_lock_sha256", root / "dvc.lock"),
+                       ("data_manifest_sha256", Path(data_dir) / "manifest.json" if data_dir else None)):
+        if path is not None:
+            tags[name] = sha256_file(path) if path.is_file() else "none"
+    return tags
+
+
+def find_run(client: MlflowClient, experiment: str, tags: dict[str, str]) -> Any | None:
+    """The newest run of the experiment carrying all these tags, or None."""
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in sorted(tags.items()))
+    found = client.search_runs([experiment], filter_string=query, order_by=["attributes.start_time DESC"],
+                               max_results=1)
+    return found[0] if found else None
+
+
+def copy_run(client: MlflowClient, run: Any, *, drop: set[str]) -> str:
+    """A new run holding what `run` logged, less the keys the stages in `drop` own."""
+    keep = lambda key: owner(key) not in drop  # noqa: E731
+    src = run.info.run_id
+    tags = {k: v for k, v in run.data.tags.items() if keep(k) and k != "mlflow.runName"}
+    new = client.create_run(run.info.experiment_id, tags=tags | {"copied_from_run": src}).info.run_id
+    metrics = [m for key in run.data.metrics if keep(key) for m in client.get_metric_history(src, key)]
+    log_batch(client, new, params={k: v for k, v in run.data.params.items() if keep(k)}, metrics=metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(client.download_artifacts(src, "", tmp))
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and keep(rel):
+                parent = path.parent.relative_to(root).as_posix()
+                client.log_artifact(new, str(path), None if parent == "." else parent)
+    return new
+
+
+def run_for(client: MlflowClient, stage: str, keys: dict[str, str]) -> str:
+    """The run `stage` logs into: the newest run holding `keys`, or a copy of it if it has this stage's results."""
+    exp = experiment_id(client)
+    run = find_run(client, exp, keys)
+    if run is None:
+        return client.create_run(exp, tags=keys | {"pixelnet.note": (
+            "no earlier run holds this model: its training was restored from DVC's cache, not tracked here")}).info.run_id
+    if f"{stage}.done" not in run.data.tags:
+        return run.info.run_id
+    return copy_run(client, run, drop=REDONE[stage])
+
+
+def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: Path, validation_dir: Path | None,
+                train: Callable[[], dict]) -> dict:
+    """Run `train()` inside a new MLflow run; log params, metrics, reports and the model; tag the model's hash.
+
+    The run is created (and the store checked) before `train()` starts.
+    """
+    from pixelnet.data.processed import read_manifest
+
+    client = connect()
+    with mlflow_errors("starting the run"):
+        exp = experiment_id(client)
+        run_id = client.create_run(exp, tags=provenance(data_dir)).info.run_id
+        log_batch(client, run_id, params=flatten("data", to_dict(params.data)) | flatten("model", to_dict(params.model))
+                  | flatten("train", to_dict(params.train)))
+    try:
+        metrics = train()
+        with mlflow_errors("logging the training results"):
+            epochs, steps = pd.read_csv(reports_dir / "epochs.csv"), pd.read_csv(reports_dir / "steps.csv")
+            by_epoch = pd.DataFrame(json.loads((reports_dir / TIMING_FILE).read_text())["by_epoch"])
+            log_batch(client, run_id, metrics=frame_metrics(epochs, prefix="epoch", step_column="epoch")
+                      + frame_metrics(by_epoch, prefix="epoch", step_column="epoch")
+                      + frame_metrics(steps, prefix="step", step_column="step")
+                      + dict_metrics(metrics, prefix="train", step=int(metrics.get("epochs", 0))))
+            log_dir(client, run_id, reports_dir, "train")
+            if validation_dir is not None:
+                log_dir(client, run_id, validation_dir, "validation")
+            version = log_model(client, run_id, model_path=model_path, manifest=read_manifest(data_dir))
+            log_batch(client, run_id, tags={"model_version": version, "model_sha256": sha256_file(model_path),
+                                            "train.done": "true"})
+    except BaseException:
+        finish(client, run_id, "FAILED")
+        raise
+    finish(client, run_id, "FINISHED")
+    return metrics
+
+
+def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, work: Callable[[], dict],
+                images: dict[str, str], samples_path: Path | None = None, publishes: dict[str, Path] | None = None,
+                after: Callable[[MlflowClient, str, dict], None] | None = None) -> dict:
+    """Run a later stage's `work()` and log it into the pipeline's run (see run_for).
+
+    The run is the one holding the model at model_path (and the samples at samples_path, for evaluate).
+    Logs `params` under the stage's section, the numeric results as `stage/...`
+    metrics, every file of out_dir as artifacts under `stage/`, and `images`
+    ({name: file in out_dir}) as image charts the UI compares side by side.
+    `publishes` ({tag: file}) tags the run with the hashes of files the stage wrote, for the stages after it;
+    `after(client, run_id, results)` adds stage-specific logging.
+    """
+    keys = {"model_sha256": sha256_file(model_path)}
+    if samples_path is not None:
+        keys["samples_sha256"] = sha256_file(samples_path)
+    client = connect()
+    with mlflow_errors("opening the store"):
+        experiment_id(client)  # fail fast: the store must answer before the work starts
+    values = to_dict(params)
+    results = work()
+    with mlflow_errors(f"logging the {stage} results"):
+        run_id = run_for(client, stage, keys)
+        client.update_run(run_id, status="RUNNING")
+    try:
+        with mlflow_errors(f"logging the {stage} results"):
+            log_batch(client, run_id, params=flatten(stage, values), tags=provenance() | {
+                k: sha256_file(path) for k, path in (publishes or {}).items()})
+            log_batch(client, run_id, metrics=dict_metrics({k: v for k, v in results.items() if k not in values},
+                                                           prefix=stage))
+            log_dir(client, run_id, out_dir, stage)
+            from PIL import Image
+
+            for name, file in images.items():
+                with Image.open(Path(out_dir) / file) as img:
+                    client.log_image(run_id, img.copy(), key=f"{stage}/{name}")
+            if after is not None:
+                after(client, run_id, results)
+            client.set_tag(run_id, f"{stage}.done", "true")
+    except BaseException:
+        finish(client, run_id, "FAILED")
+        raise
+    finish(client, run_id, "FINISHED")
+    return results

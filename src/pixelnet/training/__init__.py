@@ -1,0 +1,1 @@
+"""Training: the generic loop (loop.py), the resume state (resume.py), data parallelism (distributed.py)."""

@@ -1,0 +1,90 @@
+"""params.yaml is the one home of every default: loading needs every key, and the code's defaults equal the file's."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pixelnet.config import SECTIONS, Params, load_params
+from pixelnet.errors import ConfigError
+from pixelnet.model import ModelConfig, ModelParams
+from tests.conftest import REPO
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+KEYS = [(section, key) for section, values in PARAMS.items() for key in values]
+
+
+def test_the_repository_params_file_is_the_code_defaults():
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_each_section_of_params_yaml_sets_exactly_the_config_fields(section):
+    cls, keys = SECTIONS[section]
+    fields = {f.name for f in dataclasses.fields(cls)} if keys is None else set(keys)
+    assert set(PARAMS[section]) == fields
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in fields}
+    assert defaults == PARAMS[section]
+
+
+@pytest.mark.parametrize("section, key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
+def test_a_missing_key_is_an_error_naming_it(tmp_path, section, key):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params[section][key]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=rf"missing parameter\(s\) {section}\.{key}: params.yaml must set every key"):
+        load_params(path)
+
+
+def test_a_missing_section_names_each_of_its_keys(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["complete"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="complete.images, complete.per_image, complete.rows"):
+        load_params(path)
+
+
+def test_missing_key_through_the_cli_is_one_clean_line(tmp_path, run_cli):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["sample"]["temperature"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = run_cli("sample", "--params", path, "--model", tmp_path / "m.pt", "--out", tmp_path / "out")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "missing parameter(s) sample.temperature" in result.err and str(path) in result.err
+
+
+def test_the_data_facts_of_a_model_have_no_defaults():
+    params = {f.name: getattr(ModelParams(), f.name) for f in dataclasses.fields(ModelParams)} | {"conditional": False}
+    with pytest.raises(TypeError, match="levels"):
+        ModelConfig(**params, n_classes=0, image_channels=1, height=8, width=8)
+    cfg = ModelConfig.for_data(ModelParams(), levels=4, image_channels=1, height=8, width=8, n_classes=10)
+    assert (cfg.levels, cfg.conditional, cfg.n_classes) == (4, True, 10)
+
+
+def test_the_resume_fingerprint_hashes_what_training_loaded_and_only_that(tmp_path):
+    """The training code in the fingerprint is the source of the modules loaded for training (sys.modules)."""
+    script = (
+        "import sys, json\n"
+        "import pixelnet.stages.train\n"
+        "from pixelnet.training.resume import loaded_source_files, training_code_sha256\n"
+        "before = training_code_sha256()\n"
+        "import pixelnet.tracking.runs\n"  # MLflow logging, loaded by train --mlflow: not training code
+        "after_tracking = training_code_sha256()\n"
+        "import pixelnet.sampling.fast\n"  # a module training never loads: changes what was loaded, so the hash
+        "print(json.dumps([before, after_tracking, training_code_sha256(),"
+        " [str(f) for f in loaded_source_files()]]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
+    import json
+
+    before, after_tracking, after_sampling, files = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == after_tracking != after_sampling
+    names = {str(f).split("src/pixelnet/")[-1] for f in files}
+    assert {"stages/train.py", "training/loop.py", "training/resume.py", "model/pixelcnn.py"} <= names
