@@ -22,12 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixelnet import stages
-from pixelnet.checkpoints import load_model
+from pixelnet.checkpoint import load_model
 from pixelnet.config import load_params
 from pixelnet.data.processed import load_split, read_manifest
-from pixelnet.evaluation import class_prior, test_nll
-from pixelnet.quality import sample_quality
+from pixelnet.evaluation.nll import test_nll
+from pixelnet.evaluation.quality import sample_quality
+from pixelnet.model.likelihood import class_prior
+from pixelnet.stages.download import download
+from pixelnet.stages.preprocess import preprocess
+from pixelnet.stages.sample import sample
+from pixelnet.stages.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,12 +41,12 @@ def measure(overrides: list[str], *, params_path: Path, work: Path, temperatures
     params = load_params(params_path, overrides)
     raw, data = work / "raw", work / f"processed-{params.data.levels}-{params.data.size}"
     if not raw.exists():
-        stages.download(params.data, out_dir=raw, cache_dir=work / "external")
+        download(params.data, out_dir=raw, cache_dir=work / "external")
     if not (data / "manifest.json").exists():
-        stages.preprocess(params.data, raw_dir=raw, out_dir=data)
+        preprocess(params.data, raw_dir=raw, out_dir=data)
     run = Path(tempfile.mkdtemp(dir=work))
     t0 = time.perf_counter()
-    train = stages.train(params, data_dir=data, model_path=run / "model.pt", reports_dir=run / "train")
+    trained = train(params, data_dir=data, model_path=run / "model.pt", reports_dir=run / "train")
     train_s = time.perf_counter() - t0
     model, mcfg = load_model(run / "model.pt")
     manifest = read_manifest(data)
@@ -52,15 +56,15 @@ def measure(overrides: list[str], *, params_path: Path, work: Path, temperatures
     rows = []
     for t in temperatures or [params.sample.temperature]:
         out = run / f"sample-t{t}"
-        info = stages.sample(replace(params.sample, temperature=t), model_path=run / "model.pt", out_dir=out)
+        info = sample(replace(params.sample, temperature=t), model_path=run / "model.pt", out_dir=out)
         samples = torch.from_numpy(np.load(out / "samples.npy"))
         labels = torch.from_numpy(np.load(out / "labels.npy"))
         scores = sample_quality(samples, train=load_split(data, "train", manifest), val=load_split(data, "val", manifest),
                                 test=test, levels=mcfg.levels, n_classes=len(manifest["classes"]),
                                 sample_labels=labels if mcfg.conditional else None)
         rows.append({"config": " ".join(overrides + [f"sample.temperature={t}"]), "train_minutes": train_s / 60,
-                     "epochs": train["epochs"], "budget_bound": train["budget_bound"],
-                     "images_per_s": train["images_per_s"], "val_bpd": train["val_bits_per_dim"],
+                     "epochs": trained["epochs"], "budget_bound": trained["budget_bound"],
+                     "images_per_s": trained["images_per_s"], "val_bpd": trained["val_bits_per_dim"],
                      "test_bpd": nll["test_bits_per_dim"], "levels": mcfg.levels,
                      "sample_seconds": info["sample_seconds"], "run_dir": str(run)} | scores)
     return rows

@@ -21,9 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `pixelnet` runs; befor
 
 import torch  # noqa: E402
 
-from pixelnet.evaluation import marginal_nll_nats  # noqa: E402
-from pixelnet.model import ModelConfig, build_model  # noqa: E402
-from pixelnet.training import total_nll_nats  # noqa: E402
+from pixelnet.model import ModelConfig  # noqa: E402
+from pixelnet.model.build import build_model  # noqa: E402
+from pixelnet.model.likelihood import marginal_nll_nats, total_nll_nats  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kernel=5, levels=2, conditional=True, n_classes=10)).eval()
+    model = build_model(ModelConfig(kernel=5, conditional=True, levels=2, image_channels=1, height=28, width=28,
+                                    n_classes=10)).eval()
     images = torch.randint(0, 2, (args.images, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (args.images,))
     prior, cpu = torch.full((10,), 0.1), torch.device("cpu")

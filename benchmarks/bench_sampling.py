@@ -7,7 +7,7 @@ approaches) and fast / forward.  Naive is run only up to --naive-max-n;
 larger sizes print "skipped", never an estimate.  When both ran, the images
 are compared (they must be identical).
 
-    python benchmarks/bench_sampling.py                      # default model, random weights
+    python benchmarks/bench_sampling.py                      # the textbook's model size, random weights
     python benchmarks/bench_sampling.py --sizes 1,16,64,256 --naive-max-n 256
     python benchmarks/bench_sampling.py --checkpoint models/model.pt --textbook-n 16
 """
@@ -15,25 +15,23 @@ are compared (they must be identical).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import io
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from pixelnet.checkpoints import load_model
-from pixelnet.fast_sampling import sample_fast
-from pixelnet.model import ModelConfig, build_model
-from pixelnet.sampling import sample_naive, sampling_noise
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/textbook.py, when run as a script
+from textbook import sample_textbook, textbook_config, textbook_model  # noqa: E402
+
+from pixelnet.checkpoint import load_model  # noqa: E402
+from pixelnet.model import ModelConfig  # noqa: E402
+from pixelnet.model.build import build_model  # noqa: E402
+from pixelnet.sampling import sample_fast, sample_naive, sampling_noise  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TEXTBOOK = REPO.parent / "shared" / "reference" / "textbook_pixelcnn.py"
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -46,27 +44,19 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def random_default_model(seed: int) -> tuple[torch.nn.Module, ModelConfig]:
-    """ModelConfig()'s model (64 channels, 7 blocks, 7x7 then 3x3 kernels, 28x28, 256 levels) with random weights."""
+def random_textbook_size_model(seed: int) -> tuple[torch.nn.Module, ModelConfig]:
+    """The textbook's model size (64 channels, 7 blocks, 7x7 then 3x3 kernels, 28x28, 256 levels), random weights."""
     torch.manual_seed(seed)
-    cfg = ModelConfig()
+    cfg = textbook_config()
     return build_model(cfg).eval(), cfg
 
 
-def textbook_naive_seconds(path: Path, n: int, cfg: ModelConfig) -> float:
-    """The reference textbook sampler (one forward per pixel) on a random-weight model of the same size."""
-    spec = importlib.util.spec_from_file_location("textbook_pixelcnn", path)
-    tb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tb)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = tb.PixelCNN(cfg.channels, cfg.blocks, cfg.levels)
-        ckpt = Path(tmp) / "textbook.pt"
-        torch.save({"state": model.state_dict(), "hidden": cfg.channels, "blocks": cfg.blocks, "levels": cfg.levels}, ckpt)
-        args = argparse.Namespace(ckpt=str(ckpt), n=n, size=cfg.height, seed=0, out=str(Path(tmp) / "out.npy"))
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints its own JSON line
-            tb.sample(args)
-        return time.perf_counter() - t0
+def textbook_naive_seconds(n: int, seed: int) -> float:
+    """The textbook's naive sampler (benchmarks/textbook.py: one forward per pixel) on its own random-weight model."""
+    model = textbook_model(seed=seed)
+    t0 = time.perf_counter()
+    sample_textbook(model, n, seed=seed)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,7 +67,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for fast and forward")
     ap.add_argument("--textbook-n", type=int, default=0, help="also time the textbook's naive sampler at this n")
-    ap.add_argument("--textbook", type=Path, default=TEXTBOOK, help="path of textbook_pixelcnn.py")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
@@ -86,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         model, cfg = load_model(a.checkpoint)
         source = str(a.checkpoint)
     else:
-        model, cfg = random_default_model(a.seed)
+        model, cfg = random_textbook_size_model(a.seed)
         source = "random weights"
     c, h, w = cfg.image_channels, cfg.height, cfg.width
     n_params = sum(p.numel() for p in model.parameters())
@@ -116,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {n} | {cells[0]} | {cells[1]} | {cells[2]} | {forward:.3f} | {fast / forward:.1f} | {cells[3]} |",
               flush=True)
     if a.textbook_n:
-        seconds = textbook_naive_seconds(a.textbook, a.textbook_n, cfg)
+        seconds = textbook_naive_seconds(a.textbook_n, a.seed)
         ours = f"{naive_by_n[a.textbook_n]:.2f} s" if a.textbook_n in naive_by_n else "not run"
-        print(f"\ntextbook naive sampler (../shared/reference), n={a.textbook_n}, random weights: {seconds:.2f} s "
+        print(f"\ntextbook naive sampler (benchmarks/textbook.py), n={a.textbook_n}, random weights: {seconds:.2f} s "
               f"(PixelNet naive at the same n above: {ours})")
 
 

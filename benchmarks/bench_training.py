@@ -3,10 +3,13 @@
 Every variant trains the same size of model (64 channels, 7 residual blocks,
 28x28, 256 levels, batch 64, Adam) for one epoch over the same --images
 mnist-5k digits, in its own fresh process, and reports images/s.  The
-textbook is ../shared/reference/textbook_pixelcnn.py, unmodified: the worker
-imports it and calls its own `train` (its loop, its loss, its data path).
-The PixelNet rows add this issue's changes one at a time, so each row's gain
-over the one above is that change's share:
+textbook is the in-project baseline, benchmarks/textbook.py: PixelNet's code
+configured and run as the textbook runs (its loop, its loss, full masked
+kernels, NCHW), checked against ../shared/reference/textbook_pixelcnn.py by
+tests/test_textbook.py.  `reference` runs that shared file's own `train`,
+when it sits beside the clone (--reference PATH), to show the two agree in
+speed too.  The PixelNet rows add the throughput changes one at a time, so
+each row's gain over the one above is that change's share:
 
     core      the model as the core issue left it: full k x k masked convs, NCHW, the loss on (B, levels, C, H, W)
     crop      masked convs use only the kernel rows at and above the centre (2x3 instead of 3x3, 4x7 instead of 7x7)
@@ -16,7 +19,7 @@ over the one above is that change's share:
     compile   + torch.compile of the loss and its backward (train.compile true); its compile time is shown apart
 
 `textbook+passive` is the textbook with the same OpenMP setting, to show how
-much of the gain that setting alone buys.
+much of the gain that setting alone buys.  Every ratio is against `textbook`.
 
 Two speeds per run: images per wall-clock second, and images per CPU-second
 of the process (CPU time excludes the time other processes had the cores;
@@ -47,15 +50,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-TEXTBOOK = REPO.parent / "shared" / "reference" / "textbook_pixelcnn.py"
+REFERENCE = REPO.parent / "shared" / "reference" / "textbook_pixelcnn.py"
 BATCH = 64
 VARIANTS = {
-    "textbook": "../shared/reference/textbook_pixelcnn.py train, unmodified",
+    "textbook": "the textbook as PixelNet code (benchmarks/textbook.py): its model, loop and loss",
+    "reference": "../shared/reference/textbook_pixelcnn.py train, unmodified (if beside the clone)",
     "textbook+passive": "the textbook with OMP_WAIT_POLICY=PASSIVE",
-    "core": "PixelNet before this issue: full masked kernels, NCHW, loss on (B, levels, C, H, W)",
+    "core": "PixelNet's TrainStep, run as the textbook runs: full masked kernels, NCHW, loss on (B, levels, C, H, W)",
     "crop": "+ masked convs over the kernel rows at and above the centre only",
     "cl": "+ channels-last activations",
     "rows": "+ loss on (sub-pixels, levels) rows",
@@ -64,16 +67,12 @@ VARIANTS = {
 }
 PIXELNET = ["core", "crop", "cl", "rows", "passive", "compile"]  # cumulative, in this order
 PASSIVE = {"textbook+passive", "passive", "compile"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/textbook.py, when run as a script
 
 
-def full_kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """MaskedConv2d.forward as the core issue wrote it: the whole k x k kernel, zero rows included."""
-    return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
-
-
-def textbook_worker(data: Path, textbook: Path) -> dict:
-    """Call the textbook's own train() on data; time it on the wall (as it does) and in CPU-seconds."""
-    spec = importlib.util.spec_from_file_location("textbook_pixelcnn", textbook)
+def reference_worker(data: Path, reference: Path) -> dict:
+    """Call the shared reference's own train() on data; time it on the wall (as it does) and in CPU-seconds."""
+    spec = importlib.util.spec_from_file_location("textbook_pixelcnn", reference)
     tb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tb)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,27 +87,40 @@ def textbook_worker(data: Path, textbook: Path) -> dict:
     return {"img_per_s": json.loads(out.getvalue().strip().splitlines()[-1])["img_per_s"], "img_per_cpu_s": n / cpu}
 
 
+def textbook_worker(data: Path) -> dict:
+    """The in-project textbook's loop, one epoch over data, timed on the wall and in CPU-seconds."""
+    from textbook import textbook_model, train_textbook
+
+    model = textbook_model(seed=0)
+    images = torch.from_numpy(np.load(data))[:, None]  # (N, 1, 28, 28) levels
+    c0 = time.process_time()
+    timing = train_textbook(model, images, epochs=1)
+    return {"img_per_s": timing["img_per_s"], "img_per_cpu_s": len(images) / (time.process_time() - c0)}
+
+
 def worker(variant: str, data: Path) -> dict:
     """Train one epoch of `variant` over data (N, 28, 28) uint8, timed over every step as the textbook times itself."""
+    from textbook import _full_kernel_forward, textbook_config, textbook_loss
+
     from pixelnet.config import TrainConfig
-    from pixelnet.likelihood import mean_nll_nats
-    from pixelnet.model import ModelConfig, build_model
+    from pixelnet.model.build import build_model
     from pixelnet.model.layers import MaskedConv2d
-    from pixelnet.training import TrainStep, nll_nats
+    from pixelnet.model.likelihood import mean_nll_nats
+    from pixelnet.training.loop import TrainStep
 
     level = PIXELNET.index(variant)
     if level < PIXELNET.index("crop"):
-        MaskedConv2d.forward = full_kernel_forward  # this process only
+        MaskedConv2d.forward = _full_kernel_forward  # this process only
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=64, blocks=7, levels=256, height=28, width=28))
+    model = build_model(textbook_config())  # the textbook's size: 64 channels, 7 blocks, 3x3, 256 levels
     if level < PIXELNET.index("cl"):
         model.memory_format = torch.contiguous_format
     images = torch.from_numpy(np.load(data))[:, None]  # (N, 1, 28, 28) levels
     steps = len(images) // BATCH
-    cfg = TrainConfig(batch_size=BATCH, lr=1e-3, lr_schedule="constant", warmup_fraction=0.0,
+    cfg = TrainConfig(batch_size=BATCH, lr=1e-3, lr_schedule="constant", warmup_fraction=0.0, ema_decay=0.0,
                       compile=level >= PIXELNET.index("compile"))
     step = TrainStep(model.train(), cfg, total_steps=steps,
-                     loss=nll_nats if level >= PIXELNET.index("rows") else mean_nll_nats)
+                     loss=mean_nll_nats if level >= PIXELNET.index("rows") else textbook_loss)
     perm = torch.randperm(len(images))
     wall, cpu = [], []
     for b in range(steps):
@@ -136,17 +148,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every process (0: PyTorch's default)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="rows to run, comma-separated (textbook always)")
-    ap.add_argument("--textbook", type=Path, default=TEXTBOOK)
+    ap.add_argument("--reference", type=Path, default=REFERENCE, help="the shared textbook script, for `reference`")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        result = textbook_worker(args.data, args.textbook) if args.worker.startswith("textbook") else worker(args.worker, args.data)
+        if args.worker == "reference":
+            result = reference_worker(args.data, args.reference)
+        elif args.worker.startswith("textbook"):
+            result = textbook_worker(args.data)
+        else:
+            result = worker(args.worker, args.data)
         print(json.dumps(result | {"threads": torch.get_num_threads()}))
         return
-    if not args.textbook.is_file():
-        raise SystemExit(f"textbook script {args.textbook} not found: pass --textbook PATH")
     variants = ["textbook"] + [v for v in args.variants.split(",") if v and v != "textbook"]
+    if "reference" in variants and not args.reference.is_file():
+        print(f"# no shared reference at {args.reference}: the `reference` row is left out", flush=True)
+        variants.remove("reference")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -168,7 +186,7 @@ def main() -> None:
               f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or 'default'}", flush=True)
         for r in range(args.rounds):
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-                cmd = [sys.executable, __file__, "--worker", v, "--data", str(data), "--textbook", str(args.textbook)]
+                cmd = [sys.executable, __file__, "--worker", v, "--data", str(data), "--reference", str(args.reference)]
                 results[v].append(run(cmd, env | ({"OMP_WAIT_POLICY": "PASSIVE"} if v in PASSIVE else {})))
             print(f"# round {r + 1} (load average {os.getloadavg()[0]:.1f}), images/s wall | per CPU-s: "
                   + ", ".join(f"{v} {results[v][-1]['img_per_s']:.1f} | {results[v][-1]['img_per_cpu_s']:.1f}"

@@ -24,9 +24,10 @@ import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 from pixelnet.config import TrainConfig  # noqa: E402
-from pixelnet.model import ModelConfig, build_model  # noqa: E402
+from pixelnet.model import ModelConfig  # noqa: E402
+from pixelnet.model.build import build_model  # noqa: E402
 from pixelnet.model.layers import MaskedConv2d  # noqa: E402
-from pixelnet.training import TrainStep  # noqa: E402
+from pixelnet.training.loop import TrainStep  # noqa: E402
 
 GROUPS = {  # operator name fragment -> group, first match wins
     "convolution": "convolutions (forward and backward)",
@@ -64,9 +65,11 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=64, blocks=7, kernel=args.kernel, levels=args.levels, norm=args.norm,
-                                    conditional=args.conditional, n_classes=10)).train()
-    step = TrainStep(model, TrainConfig(batch_size=args.batch, lr=1e-3, lr_schedule="constant", warmup_fraction=0.0),
+    model = build_model(ModelConfig(channels=64, blocks=7, first_kernel=7, kernel=args.kernel, norm=args.norm,
+                                    conditional=args.conditional, levels=args.levels, image_channels=1, height=28,
+                                    width=28, n_classes=10)).train()
+    step = TrainStep(model, TrainConfig(batch_size=args.batch, lr=1e-3, lr_schedule="constant", warmup_fraction=0.0,
+                                        ema_decay=0.0),
                      total_steps=args.steps + 3)
     x = torch.randint(0, args.levels, (args.batch, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (args.batch,)) if args.conditional else None
