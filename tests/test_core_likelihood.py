@@ -8,12 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pixelnet.model.likelihood import (
-    bits_per_dim,
-    mean_nll_nats,
-    nats_to_bits_per_dim,
-    nll_nats,
-)
+from pixelnet.model.likelihood import bits_per_dim, mean_nll_nats, nats_to_bits_per_dim, nll_nats
 from tests.conftest import model_config
 
 

@@ -9,12 +9,7 @@ import pytest
 import torch
 
 from pixelnet.data.processed import Split
-from pixelnet.evaluation.quality import (
-    class_entropy_bits,
-    frechet_distance,
-    sample_quality,
-    train_classifier,
-)
+from pixelnet.evaluation.quality import class_entropy_bits, frechet_distance, sample_quality, train_classifier
 from pixelnet.stages.evaluate import sample_scores
 
 

@@ -38,6 +38,19 @@ def report(result: dict) -> None:
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
 
 
+def report_stage(stage: str, work: Callable[[], dict], *, mlflow: bool, **tracking) -> None:
+    """Run a later stage's `work` and print its results; with --mlflow inside the pipeline's MLflow run.
+
+    `tracking`: the keywords of pixelnet.tracking.runs.track_stage (model_path, out_dir, params, images, ...).
+    """
+    if not mlflow:
+        report(work())
+        return
+    from pixelnet.tracking.runs import track_stage
+
+    report(track_stage(stage, work=work, **tracking))
+
+
 @contextmanager
 def model_file(model: str) -> Iterator[Path]:
     """A checkpoint path as given, or a registry URI (models:/pixelnet@champion) downloaded for the command."""

@@ -229,9 +229,7 @@ def _gx():
 def _build_suites(context: Any, suite: Suite) -> dict[str, Any]:
     """One GE suite per table, plus `images_empty` (row counts only) for empty splits."""
     gx = _gx()
-    from great_expectations.expectations.expectation_configuration import (
-        ExpectationConfiguration,
-    )
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     built = {}
     entries_by_name = dict(suite.tables)

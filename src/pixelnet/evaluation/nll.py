@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pixelnet.model.likelihood import (
-    bits_per_dim,
-    is_conditional,
-    marginal_nll_nats,
-    total_nll_nats,
-)
+from pixelnet.model.likelihood import bits_per_dim, is_conditional, marginal_nll_nats, total_nll_nats
 
 
 def test_nll(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int, device: torch.device,

@@ -17,14 +17,7 @@ import typer
 from tqdm.auto import tqdm
 
 from pixelnet.checkpoint import load_model
-from pixelnet.command import (
-    MlflowOpt,
-    ParamsOpt,
-    SetOpt,
-    load_params,
-    report,
-    run_command,
-)
+from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_stage, run_command
 from pixelnet.config import CompleteConfig
 from pixelnet.data.processed import check_fits, load_split, read_manifest
 from pixelnet.errors import PixelNetError
@@ -80,14 +73,8 @@ def command(
 ) -> None:
     """Keep the top complete.rows rows of test images and sample the rest (params: complete)."""
     cfg = load_params(params, set_).complete
-    work = lambda: complete(cfg, model_path=model, data_dir=data, out_dir=out)  # noqa: E731
-    if not mlflow:
-        report(work())
-        return
-    from pixelnet.tracking.runs import track_stage
-
-    report(track_stage("complete", model_path=model, out_dir=out, params=cfg, work=work,
-                       images={"completions": "completions.png"}))
+    report_stage("complete", lambda: complete(cfg, model_path=model, data_dir=data, out_dir=out), mlflow=mlflow,
+                 model_path=model, out_dir=out, params=cfg, images={"completions": "completions.png"})
 
 
 if __name__ == "__main__":

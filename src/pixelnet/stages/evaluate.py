@@ -18,14 +18,7 @@ import typer
 from tqdm.auto import tqdm
 
 from pixelnet.checkpoint import load_model
-from pixelnet.command import (
-    MlflowOpt,
-    ParamsOpt,
-    SetOpt,
-    load_params,
-    report,
-    run_command,
-)
+from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_stage, run_command
 from pixelnet.config import EvaluateConfig
 from pixelnet.data.processed import check_fits, load_split, read_manifest
 from pixelnet.errors import PixelNetError
@@ -109,15 +102,8 @@ def command(
     cfg = load_params(params, set_).evaluate
     work = lambda: evaluate(cfg, model_path=model, data_dir=data, samples_path=samples,  # noqa: E731
                             train_reports=train_reports, out_dir=out)
-    if not mlflow:
-        report(work())
-        return
-    from pixelnet.tracking.registry import record_champion
-    from pixelnet.tracking.runs import track_stage
-
-    report(track_stage("evaluate", model_path=model, samples_path=samples, out_dir=out, params=cfg, work=work,
-                       images={"samples_vs_real": "samples_vs_real.png", "loss_curves": "loss_curves.png"},
-                       after=record_champion(out)))
+    report_stage("evaluate", work, mlflow=mlflow, model_path=model, samples_path=samples, out_dir=out, params=cfg,
+                 images={"samples_vs_real": "samples_vs_real.png", "loss_curves": "loss_curves.png"}, champion=True)
 
 
 if __name__ == "__main__":

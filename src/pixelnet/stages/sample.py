@@ -17,15 +17,7 @@ import typer
 from tqdm.auto import tqdm
 
 from pixelnet.checkpoint import load_model
-from pixelnet.command import (
-    MlflowOpt,
-    ParamsOpt,
-    SetOpt,
-    load_params,
-    model_file,
-    report,
-    run_command,
-)
+from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, model_file, report_stage, run_command
 from pixelnet.config import SampleConfig
 from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import image_grid
@@ -92,14 +84,8 @@ def command(
     overrides += [f"sample.label={label}"] if label is not None else []
     cfg = load_params(params, overrides).sample
     with model_file(model) as path:
-        work = lambda: sample(cfg, model_path=path, out_dir=out)  # noqa: E731
-        if not mlflow:
-            report(work())
-            return
-        from pixelnet.tracking.runs import track_stage
-
-        report(track_stage("sample", model_path=path, out_dir=out, params=cfg, work=work, images={"grid": "grid.png"},
-                           publishes={"samples_sha256": out / "samples.npy"}))
+        report_stage("sample", lambda: sample(cfg, model_path=path, out_dir=out), mlflow=mlflow, model_path=path,
+                     out_dir=out, params=cfg, images={"grid": "grid.png"}, publishes={"samples_sha256": out / "samples.npy"})
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from pixelnet.files import sha256_file
 from pixelnet.schema import to_dict
-from pixelnet.tracking.registry import log_model
+from pixelnet.tracking.registry import log_model, record_champion
 from pixelnet.tracking.store import (
     connect,
     dict_metrics,
@@ -156,7 +156,7 @@ def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: P
 
 def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, work: Callable[[], dict],
                 images: dict[str, str], samples_path: Path | None = None, publishes: dict[str, Path] | None = None,
-                after: Callable[[MlflowClient, str, dict], None] | None = None) -> dict:
+                champion: bool = False) -> dict:
     """Run a later stage's `work()` and log it into the pipeline's run (see run_for).
 
     The run is the one holding the model at model_path (and the samples at samples_path, for evaluate).
@@ -164,7 +164,7 @@ def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, wor
     metrics, every file of out_dir as artifacts under `stage/`, and `images`
     ({name: file in out_dir}) as image charts the UI compares side by side.
     `publishes` ({tag: file}) tags the run with the hashes of files the stage wrote, for the stages after it;
-    `after(client, run_id, results)` adds stage-specific logging.
+    `champion` (evaluate) decides the registry's champion alias (registry.record_champion).
     """
     keys = {"model_sha256": sha256_file(model_path)}
     if samples_path is not None:
@@ -189,8 +189,8 @@ def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, wor
             for name, file in images.items():
                 with Image.open(Path(out_dir) / file) as img:
                     client.log_image(run_id, img.copy(), key=f"{stage}/{name}")
-            if after is not None:
-                after(client, run_id, results)
+            if champion:
+                record_champion(out_dir)(client, run_id, results)
             client.set_tag(run_id, f"{stage}.done", "true")
     except BaseException:
         finish(client, run_id, "FAILED")

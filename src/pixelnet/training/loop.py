@@ -56,13 +56,7 @@ from pixelnet.model.likelihood import (
     total_nll_nats,
 )
 from pixelnet.training.distributed import Dist
-from pixelnet.training.resume import (
-    EpochRecord,
-    Progress,
-    capture,
-    finished,
-    set_rng_state,
-)
+from pixelnet.training.resume import EpochRecord, Progress, capture, finished, set_rng_state
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
 EpochCallback = Callable[[EpochRecord], None]
@@ -178,7 +172,7 @@ def fit(
     device: torch.device,
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
-    eval_batch_size: int = 64,  # on a CPU, forward passes over 64 images run ~1.7x faster than over 256 (cache)
+    eval_batch_size: int = 64,  # on a CPU 64 beats 256, which spills the cache (benchmarks/bench_eval_batch.py)
     on_save: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     dist: Dist | None = None,
