@@ -24,11 +24,9 @@ def test_the_repository_params_file_is_the_code_defaults():
 
 @pytest.mark.parametrize("section", list(SECTIONS))
 def test_each_section_of_params_yaml_sets_exactly_the_config_fields(section):
-    cls, keys = SECTIONS[section]
-    fields = {f.name for f in dataclasses.fields(cls)} if keys is None else set(keys)
-    assert set(PARAMS[section]) == fields
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in fields}
-    assert defaults == PARAMS[section]
+    fields = dataclasses.fields(SECTIONS[section])
+    assert set(PARAMS[section]) == {f.name for f in fields}
+    assert {f.name: f.default for f in fields} == PARAMS[section]
 
 
 @pytest.mark.parametrize("section, key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
@@ -88,3 +86,22 @@ def test_the_resume_fingerprint_hashes_what_training_loaded_and_only_that(tmp_pa
     assert before == after_tracking != after_sampling
     names = {str(f).split("src/pixelnet/")[-1] for f in files}
     assert {"stages/train.py", "training/loop.py", "training/resume.py", "model/pixelcnn.py"} <= names
+
+
+def test_a_checkpoint_without_a_data_fact_is_a_clean_error_naming_it(tmp_path, run_cli):
+    import torch
+
+    from pixelnet.checkpoint import SCHEMA_VERSION, save_checkpoint
+    from pixelnet.model.build import build_model
+    from tests.conftest import model_config
+
+    cfg = model_config()
+    save_checkpoint(build_model(cfg), cfg, tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    del ckpt["config"]["levels"]
+    assert ckpt["schema_version"] == SCHEMA_VERSION
+    torch.save(ckpt, tmp_path / "m.pt")
+    result = run_cli("sample", "--params", REPO / "params.yaml", "--model", tmp_path / "m.pt", "--out", tmp_path / "o")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert f"checkpoint {tmp_path / 'm.pt'} holds a model config this PixelNet cannot use (missing parameter(s) " \
+           "model.levels)" in result.err

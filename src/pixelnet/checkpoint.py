@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixelnet.errors import PixelNetError
+from pixelnet.errors import ConfigError, PixelNetError
 from pixelnet.files import atomic_file
 from pixelnet.model import ModelConfig
 from pixelnet.model.build import build_model
@@ -69,7 +69,11 @@ def read_checkpoint(path: Path) -> dict:
 def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild the model from a checkpoint, in eval mode, on `device`."""
     ckpt = read_checkpoint(path)
-    config = from_mapping(ModelConfig, ckpt["config"], section="model")
+    try:
+        config = from_mapping(ModelConfig, ckpt["config"], section="model")
+    except ConfigError as e:
+        raise PixelNetError(f"checkpoint {path} holds a model config this PixelNet cannot use ({e}): retrain the "
+                            "model") from None
     model = build_model(config)
     try:
         model.load_state_dict(ckpt["state_dict"])

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from pixelnet.errors import ConfigError, PixelNetError
-from pixelnet.model.config import MODEL_PARAM_KEYS, ModelParams
+from pixelnet.model.config import ModelParams
 from pixelnet.schema import from_mapping, require
 
 Dataset = Literal["mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"]
@@ -148,13 +148,10 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
-SECTIONS: dict[str, tuple[type, frozenset[str] | None]] = {
-    "data": (DataConfig, None),
-    "model": (ModelParams, MODEL_PARAM_KEYS),
-    "train": (TrainConfig, None),
-    "sample": (SampleConfig, None),
-    "complete": (CompleteConfig, None),
-    "evaluate": (EvaluateConfig, None),
+# params.yaml's sections and the config class each is checked into (its fields are the section's keys).
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelParams, "train": TrainConfig, "sample": SampleConfig,
+    "complete": CompleteConfig, "evaluate": EvaluateConfig,
 }
 
 
@@ -183,18 +180,18 @@ def params_from_mapping(raw: Any) -> Params:
     unknown = sorted(str(k) for k in raw if k not in SECTIONS)
     if unknown:
         raise ConfigError(f"unknown params section(s) {', '.join(unknown)}; valid sections are {', '.join(SECTIONS)}")
-    missing = [f"{name}.{key}" for name, (cls, keys) in SECTIONS.items() if isinstance(raw.get(name, {}), dict)
-               for key in sorted(section_keys(cls, keys)) if key not in (raw.get(name) or {})]
+    missing = [f"{name}.{key}" for name, cls in SECTIONS.items() if isinstance(raw.get(name, {}), dict)
+               for key in section_keys(cls) if key not in (raw.get(name) or {})]
     if missing:
         raise ConfigError(f"missing parameter(s) {', '.join(missing)}: params.yaml must set every key (the "
                           "repository's params.yaml lists each with its default and meaning); add them")
-    built = {name: from_mapping(cls, raw.get(name), section=name, keys=keys) for name, (cls, keys) in SECTIONS.items()}
+    built = {name: from_mapping(cls, raw.get(name), section=name) for name, cls in SECTIONS.items()}
     return Params(**built)
 
 
-def section_keys(cls: type, keys: frozenset[str] | None) -> set[str]:
-    """The keys a params section must set: the config class's fields (or the subset `keys`)."""
-    return set(keys) if keys is not None else {f.name for f in dataclasses.fields(cls)}
+def section_keys(cls: type) -> list[str]:
+    """The keys a params section must set: its config class's fields, sorted."""
+    return sorted(f.name for f in dataclasses.fields(cls))
 
 
 def load_params(path: Path, overrides: list[str] = ()) -> Params:

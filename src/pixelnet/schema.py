@@ -71,23 +71,24 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {name}")
 
 
-def from_mapping(cls: type, mapping: Any, *, section: str, keys: set[str] | None = None):
-    """Build the frozen dataclass `cls` from `mapping`, checking every key and value.
-
-    `keys` restricts which fields the mapping may set (the rest keep defaults
-    and are filled in by code, e.g. a model's image shape from the data).
-    """
+def from_mapping(cls: type, mapping: Any, *, section: str):
+    """Build the frozen dataclass `cls` from `mapping`, checking every key and value (fields without a default
+    must be there)."""
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{section} must be a mapping of keys to values, got {mapping!r}")
-    allowed = keys if keys is not None else {f.name for f in dataclasses.fields(cls)}
+    allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in mapping if k not in allowed)
     if unknown:
         listed = ", ".join(f"{section}.{k}" for k in unknown)
         raise ConfigError(
             f"unknown parameter {listed}; valid keys in {section} are: {', '.join(sorted(allowed))}"
         )
+    required = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                      and f.default_factory is dataclasses.MISSING and f.name not in mapping)
+    if required:
+        raise ConfigError(f"missing parameter(s) {', '.join(f'{section}.{k}' for k in required)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in mapping.items()}
     return cls(**kwargs)

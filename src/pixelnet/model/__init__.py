@@ -12,6 +12,6 @@ Importing the package loads only the configs, so that a process that reads
 params (every stage) does not load the networks.
 """
 
-from pixelnet.model.config import MODEL_PARAM_KEYS, ModelConfig, ModelParams, resolve_conditional
+from pixelnet.model.config import ModelConfig, ModelParams, resolve_conditional
 
-__all__ = ["MODEL_PARAM_KEYS", "ModelConfig", "ModelParams", "resolve_conditional"]
+__all__ = ["ModelConfig", "ModelParams", "resolve_conditional"]

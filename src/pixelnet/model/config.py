@@ -75,10 +75,6 @@ class ModelConfig(ModelParams):
                    image_channels=image_channels, height=height, width=width, n_classes=n_classes)
 
 
-# The keys params.yaml's `model` section may set: ModelParams' fields, nothing else.
-MODEL_PARAM_KEYS = frozenset(f.name for f in dataclasses.fields(ModelParams))
-
-
 def resolve_conditional(conditional: bool | Literal["auto"], n_classes: int) -> bool:
     """model.conditional for data with n_classes labelled classes (0: unlabelled): "auto" is conditional on 2+."""
     if conditional == "auto":
