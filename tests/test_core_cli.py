@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO, write_params
 
@@ -69,6 +70,22 @@ def test_every_command_on_a_16_image_fixture(run_cli, tmp_path, tiny_params, ima
     if given is not None:  # a folder with classes: params.yaml's model.conditional auto makes the model conditional
         assert metrics["test_bits_per_dim_given_label"] == pytest.approx(given, rel=1e-5)
     assert metrics["test_nats_per_image"] == pytest.approx(metrics["test_bits_per_dim"] * 64 * np.log(2))
+
+
+def test_a_folder_of_photos_of_every_size_goes_through_every_command(run_cli, tmp_path, tiny_params):
+    from tests.test_core_data import photos
+
+    folder = photos(tmp_path / "photos")
+    for cls in ("wide", "tall"):  # enough images for three splits of two classes
+        for i in range(6):
+            h, w = 10 + 3 * i, 30 - 2 * i
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                folder / cls / f"extra{i}.png")
+    d = run_all(run_cli, tmp_path, tiny_params, folder)
+    manifest = json.loads((d / "processed" / "manifest.json").read_text())
+    assert manifest["shape"] == [3, 8, 8] and manifest["classes"] == ["tall", "wide"]
+    assert np.load(d / "samples" / "samples.npy").shape == (4, 3, 8, 8)
+    assert json.loads((d / "eval" / "metrics.json").read_text())["test_bits_per_dim"] > 0
 
 
 def test_python_dash_m_entry_point():

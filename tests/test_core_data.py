@@ -107,6 +107,44 @@ def test_folder_without_classes(tmp_path):
     assert raw.classes == ["all"] and not raw.labeled and raw.train.images.shape == (3, 5, 5, 1)
 
 
+def photos(folder):
+    """Images of different sizes, aspect ratios and modes, in two classes."""
+    (folder / "wide").mkdir(parents=True)
+    (folder / "tall").mkdir()
+    wide = np.zeros((10, 30, 3), np.uint8)
+    wide[:, 10:20] = 255  # a white centre square between black sides
+    Image.fromarray(wide).save(folder / "wide" / "rgb.png")
+    Image.fromarray(np.full((12, 16), 200, np.uint8)).save(folder / "wide" / "gray.jpg")
+    rgba = np.zeros((40, 20, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 255, 128
+    Image.fromarray(rgba, mode="RGBA").save(folder / "tall" / "rgba.png")
+    Image.fromarray(np.full((8, 8), 50, np.uint8)).save(folder / "tall" / "small.png")
+    return folder
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad", "stretch"])
+def test_a_folder_of_mixed_sizes_shapes_and_modes_is_fitted_to_one_size(tmp_path, fit):
+    raw = load_source("folder", cache_dir=None, folder=str(photos(tmp_path / "p")), size=8, fit=fit)
+    assert raw.train.images.shape == (4, 8, 8, 3) and raw.train.images.dtype == np.uint8  # gray + RGB -> RGB
+    assert raw.classes == ["tall", "wide"] and raw.train.labels.tolist() == [0, 0, 1, 1]
+    wide = raw.train.images[3]  # wide/rgb.png: black | white | black
+    if fit == "crop":  # the centred square is the white one
+        assert wide.min() == 255
+    if fit == "pad":  # black bands above and below, the white stripe in the middle columns
+        assert wide[0].max() == 0 and wide[4, 3:5].min() > 200 and wide[4, 0].max() == 0
+    if fit == "stretch":  # all three thirds, squeezed
+        assert wide[:, 0].max() == 0 and wide[:, 4].min() > 200
+    assert np.array_equal(raw.train.images[1], np.full((8, 8, 3), 50, np.uint8))  # already 8x8: kept as it is
+    tall = raw.train.images[0]  # tall/rgba.png: green, half transparent -> RGB green (alpha dropped)
+    assert tall[..., 0].max() == 0 and tall[:, 3:5, 1].min() > 200
+    assert (tall[:, 0, 1].max() == 0) == (fit == "pad")  # padded: black bands left and right
+
+
+def test_fitting_needs_a_known_policy(tmp_path):
+    with pytest.raises(ValueError, match="unknown fit 'zoom'"):
+        load_source("folder", cache_dir=None, folder=str(photos(tmp_path / "p")), size=8, fit="zoom")
+
+
 @pytest.mark.parametrize("problem, match", [
     ("missing", "does not exist"),
     ("empty", "holds no PNG/JPEG images"),

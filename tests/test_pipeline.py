@@ -9,6 +9,9 @@ what each step did:
 2. `dvc exp run -S sample.temperature=0.5`: only sample and evaluate run again.
 3. `pixelnet sample --model models:/pixelnet@champion` loads from the registry.
 4. A real `mlflow server` on loopback serves the runs and the registry.
+5. Two experiments queued (`dvc exp run --queue`) and run by two workers at once
+   (`dvc queue start -j 2`) land in the workspace's MLflow store and registry.
+6. `mlflow models serve` answers bits/dim per image, with labels and without.
 
 How `champion` moves between trained versions is tested against a real
 registry, without the pipeline, in test_tracking.py.
@@ -24,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -101,6 +105,27 @@ def stop_server(s: Scenario) -> None:
         s.server.wait(timeout=10)
 
 
+SWEEP = ("0.02", "0.005")  # train.lr of the two queued experiments: each trains, registers and evaluates
+
+
+def run_sweep(s: Scenario, timeout: float = 420) -> str:
+    """Queue two experiments, run them with two workers at once, wait for both; returns the workers' logs."""
+    for lr in SWEEP:
+        s.run("dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}")
+    s.run("dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = s.run("dvc", "queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, f"the queue did not finish in {timeout} s:\n{status}"
+        time.sleep(3)
+    assert status.count("Success") == len(SWEEP), status
+    tasks = re.findall(r"^([0-9a-f]{7,})\s.*\b(?:Success|Failed)\b", status, re.M)
+    assert len(tasks) == len(SWEEP), status
+    return status + "".join(s.run("dvc", "queue", "logs", t) for t in tasks)
+
+
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
@@ -124,8 +149,11 @@ def scenario(tmp_path_factory):
         s.outputs["status"] = s.run("dvc", "status", "--json")
         s.record("temperature", s.run("dvc", "exp", "run", "-S", "sample.temperature=0.5"))
         s.outputs["exp show"] = s.run("dvc", "exp", "show", "--csv")
+        s.outputs["sweep"] = run_sweep(s)
+        s.aliases["sweep"] = dict(s.client().get_registered_model("pixelnet").aliases)
         yield s
     finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=s.env, capture_output=True)
         stop_server(s)
 
 
@@ -188,6 +216,24 @@ def test_changing_sample_temperature_reruns_only_sample_and_evaluate(scenario):
     assert copy.data.tags["copied_from_run"] == first.info.run_id  # the execution gets its own complete run
     assert copy.data.params["train.epochs"] == "2" and "epoch/val_bpd" in copy.data.metrics
     assert "evaluate/test_bits_per_dim" in copy.data.metrics
+
+
+def test_a_queued_sweep_with_two_workers_loses_no_run(scenario):
+    """Each queued experiment ran in a temporary copy; its run is in the workspace's store all the same."""
+    assert "database is locked" not in scenario.outputs["sweep"]
+    client = scenario.client()
+    runs = client.search_runs(client.get_experiment_by_name("pixelnet").experiment_id)
+    by_lr = {}
+    for r in runs:
+        by_lr.setdefault(r.data.params.get("train.lr"), []).append(r)
+    for lr in SWEEP:
+        assert len(by_lr.get(lr, [])) == 1, f"train.lr={lr}: {len(by_lr.get(lr, []))} runs"
+        run = by_lr[lr][0]
+        assert {"train.done", "sample.done", "complete.done", "evaluate.done"} <= set(run.data.tags)
+        assert "evaluate/test_bits_per_dim" in run.data.metrics
+    versions = client.search_model_versions("name='pixelnet'")
+    assert len(versions) == 3  # the first run's model and one per queued experiment
+    assert scenario.aliases["sweep"]["candidate"] in (2, 3)
 
 
 def test_registry_holds_the_candidate_and_the_champion(scenario):
@@ -254,6 +300,72 @@ def test_mlflow_server_serves_epoch_metrics_images_and_aliases(scenario):
         png = next(p for p in files if p.startswith(f"images/{key}+") and p.endswith(".png"))
         assert _get(f"{base}/get-artifact", path=png, run_uuid=run_id).startswith(b"\x89PNG")
     model = json.loads(_get(f"{api}/registered-models/get", name="pixelnet"))["registered_model"]
-    assert {a["alias"]: a["version"] for a in model["aliases"]} == {"candidate": "1", "champion": "1"}
+    aliases = {a["alias"]: int(a["version"]) for a in model["aliases"]}
+    assert aliases == scenario.aliases["sweep"]  # what the client saw after the queued sweep
     champion = json.loads(_get(f"{api}/registered-models/alias", name="pixelnet", alias="champion"))["model_version"]
-    assert champion["version"] == "1" and champion["run_id"] == tags[copy]["copied_from_run"]
+    trained_it = [r for r, t in zip(runs, tags) if t.get("model_version") == champion["version"] and "train.done" in t
+                  and "copied_from_run" not in t]
+    assert [r["info"]["run_id"] for r in trained_it] == [champion["run_id"]]
+
+
+@pytest.fixture(scope="module")
+def served(scenario, tmp_path_factory):
+    """`mlflow models serve` on the registry's champion, on loopback, as the README documents it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = scenario.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{scenario.repo / 'mlflow.db'}"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/pixelnet@champion",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=scenario.repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                _get(f"{url}/ping")
+                break
+            except OSError:
+                assert proc.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "mlflow models serve did not answer within 150 s"
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _invoke(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_mlflow_models_serve_answers_bits_per_dim_with_and_without_labels(scenario, served, monkeypatch):
+    import mlflow
+
+    images = np.load(scenario.repo / "data/processed/test_images.npy")[:3]  # uint8, as the signature says
+    labels = np.load(scenario.repo / "data/processed/test_labels.npy")[:3].tolist()
+    status, plain = _invoke(served, {"inputs": images.tolist()})
+    assert status == 200 and len(plain["predictions"]) == 3
+    status, given = _invoke(served, {"inputs": images.tolist(), "params": {"labels": labels}})
+    assert status == 200 and given["predictions"] != plain["predictions"]
+    uri = f"sqlite:///{scenario.repo / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        local = mlflow.pyfunc.load_model("models:/pixelnet@champion")
+        assert given["predictions"] == pytest.approx(local.predict(images, params={"labels": labels}).tolist(), rel=1e-6)
+        assert plain["predictions"] == pytest.approx(local.predict(images).tolist(), rel=1e-6)
+    finally:
+        mlflow.set_tracking_uri(None)
+    status, bad = _invoke(served, {"inputs": images.tolist(), "params": {"labels": [0, 99, 0]}})
+    assert status == 400 and "params.labels must hold one class in 0 .. 9 per image" in bad["message"]

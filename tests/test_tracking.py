@@ -10,6 +10,7 @@ import json
 import math
 import socket
 
+import numpy as np
 import pytest
 
 from pixelnet.errors import PixelNetError
@@ -155,7 +156,8 @@ def test_champion_moves_only_to_a_better_model_on_the_same_test_set(client, tmp_
     for bpd, test_set in [(3.0, "a"), (3.5, "a"), (2.0, "a"), (1.0, "b")]:
         run = client.create_run(exp).info.run_id
         manifest = {"dataset": "x", "shape": [1, 4, 4], "levels": 4, "splits": {"test": {"images_sha256": test_set}}}
-        version = registry.log_model(client, run, model_path=tmp_path / "model.pt", manifest=manifest)
+        version, _ = registry.log_model(client, run, model_path=tmp_path / "model.pt", manifest=manifest,
+                                        example=np.zeros((1, 1, 4, 4), np.uint8))
         assert client.get_registered_model("pixelnet").aliases["candidate"] == int(version)
         out = tmp_path / f"evaluate-{version}"
         out.mkdir()
@@ -169,3 +171,84 @@ def test_champion_moves_only_to_a_better_model_on_the_same_test_set(client, tmp_
     assert client.get_registered_model("pixelnet").aliases == {"candidate": 4, "champion": 3}
     path = registry.resolve_model("models:/pixelnet@champion", tmp_path / "download")
     assert load_model(path)[1] == cfg  # the registered model is the checkpoint, read back weights-only
+
+
+@pytest.fixture(scope="module")
+def conditional_model(client, tmp_path_factory):
+    """A registered class-conditional model (3 classes, 2x2 binary images) and what scoring it must give."""
+    import torch
+
+    from pixelnet.checkpoint import save_checkpoint
+    from tests.test_core_likelihood import every_image, tiny_conditional
+
+    tmp = tmp_path_factory.mktemp("conditional")
+    model, prior = tiny_conditional(), torch.tensor([0.5, 0.25, 0.25])
+    save_checkpoint(model, model.config, tmp / "m.pt", meta={"class_prior": prior.tolist()})
+    run = client.create_run(store.experiment_id(client)).info.run_id
+    manifest = {"dataset": "x", "shape": [1, 2, 2], "levels": 2, "splits": {"test": {"images_sha256": "t"}}}
+    images = every_image(2, 2, 2).numpy().astype(np.uint8)
+    version, model_id = registry.log_model(client, run, model_path=tmp / "m.pt", manifest=manifest,
+                                           example=images[:2])
+    from pixelnet.tracking.pyfunc import PixelNetPyfunc
+
+    direct = PixelNetPyfunc(str(tmp / "m.pt"))
+    labels = [k % 3 for k in range(len(images))]
+    return {"version": version, "model_id": model_id, "images": images, "labels": labels,
+            "marginal": direct.predict(images), "given": direct.predict(images, params={"labels": labels})}
+
+
+def test_the_registered_model_keeps_its_labels_through_mlflow_pyfunc(conditional_model):
+    import mlflow
+
+    c = conditional_model
+    loaded = mlflow.pyfunc.load_model(f"models:/pixelnet/{c['version']}")
+    assert [p.name for p in loaded.metadata.get_params_schema().params] == ["labels"]
+    assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 1, 2, 2)
+    given = loaded.predict(c["images"], params={"labels": c["labels"]})
+    assert given == pytest.approx(c["given"], rel=1e-6)
+    assert not np.allclose(given, c["marginal"])  # the labels were used, not dropped
+    assert loaded.predict(c["images"]) == pytest.approx(c["marginal"], rel=1e-6)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"params.labels must hold one class in 0 .. 2 per image"):
+        loaded.predict(c["images"][:2], params={"labels": [0, 7]})
+
+
+def test_the_registered_model_loads_without_an_installed_pixelnet(conditional_model, tmp_path):
+    """code_paths: the model carries the package; a process where `import pixelnet` fails can still load it."""
+    import subprocess
+    import sys
+
+    c = conditional_model
+    np.save(tmp_path / "x.npy", c["images"])
+    script = (
+        "import os, sys, json\n"
+        "sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or '.', 'pixelnet'))]\n"
+        "try:\n    import pixelnet\n    raise SystemExit('pixelnet is still importable')\nexcept ImportError:\n    pass\n"
+        "import mlflow, numpy as np\n"
+        f"m = mlflow.pyfunc.load_model('models:/pixelnet/{c['version']}')\n"
+        f"scores = m.predict(np.load({str(tmp_path / 'x.npy')!r}), params={{'labels': {c['labels']}}})\n"
+        "import pixelnet\n"
+        "print(json.dumps({'file': pixelnet.__file__, 'scores': scores.tolist()}))\n"
+    )
+    import os
+
+    env = os.environ | {"MLFLOW_TRACKING_URI": store.tracking_uri()}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "/code/pixelnet/" in out["file"] and "/src/pixelnet/" not in out["file"]
+    assert out["scores"] == pytest.approx(list(c["given"]), rel=1e-6)
+
+
+def test_evaluate_metrics_are_linked_to_the_logged_model(client, conditional_model):
+    run = client.create_run(store.experiment_id(client), tags={"model_id": conditional_model["model_id"]}).info.run_id
+    store.log_batch(client, run, metrics=store.dict_metrics({"test_bits_per_dim": 0.5}, prefix="evaluate",
+                                                            model_id=conditional_model["model_id"]))
+    logged = client.get_logged_model(conditional_model["model_id"])
+    assert {m.key: m.value for m in logged.metrics} == {"evaluate/test_bits_per_dim": 0.5}
+
+
+def test_the_experiment_opens_in_the_model_training_view(client):
+    exp = client.get_experiment(store.experiment_id(client))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -47,6 +47,7 @@ class DataConfig:
     folder: str | None = None  # the image folder when dataset is "folder"
     size: int = 28  # images are resized to size x size
     mode: Literal["keep", "gray", "rgb"] = "keep"
+    fit: Literal["crop", "pad", "stretch"] = "crop"  # a folder's images of other sizes/shapes to size x size
     levels: int = 2  # intensity levels per sub-pixel; 2 binarizes, 256 keeps the raw 8 bits
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # used only when the source has no official test split

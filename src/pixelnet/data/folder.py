@@ -3,10 +3,21 @@
 Layout: either images directly in the folder (unlabeled, one class "all"), or
 one subfolder per class (labels from the sorted subfolder names; images may
 sit deeper inside a class folder).  Files with other extensions are skipped
-and counted.  Links that lead out of the folder are not followed.  Every image
-must have the same size; modes are unified (all grayscale stays grayscale,
-otherwise everything becomes RGB, alpha dropped).  Unreadable, truncated and
-oversized (decompression-bomb) files are errors that name the file.
+and counted.  Links that lead out of the folder are not followed.  Modes are
+unified (all grayscale stays grayscale, otherwise everything becomes RGB, alpha
+dropped).  Unreadable, truncated and oversized (decompression-bomb) files are
+errors that name the file.
+
+Sizes: real photos rarely share one size or shape, so with `size` (data.size)
+every image is made square by the `fit` policy (data.fit) and resized to
+size x size, the way preprocess resizes (antialiased bilinear):
+
+    crop     the centred square of side min(width, height) (the default: no distortion, edges lost)
+    pad      the image centred on a black square of side max(width, height) (nothing lost, borders added)
+    stretch  the whole image squeezed to a square (nothing lost, shapes distorted)
+
+An image already size x size is kept as it is.  Without `size`, images are kept
+as found and must share one size.
 """
 
 from __future__ import annotations
@@ -18,12 +29,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pixelnet.data.preprocess import resize
 from pixelnet.data.rawformat import RawDataset, RawSplit
 from pixelnet.errors import PixelNetError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 MAX_PIXELS = 4096 * 4096  # larger images are refused as possible decompression bombs
+FITS = ("crop", "pad", "stretch")
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -67,7 +80,38 @@ def _open(path: Path) -> Image.Image:
         raise PixelNetError(f"cannot read image {path} ({e}); it is corrupt or not an image: fix or remove it") from None
 
 
-def read_folder(folder: Path) -> RawDataset:
+def to_square(img: Image.Image, fit: str) -> Image.Image:
+    """`img` made square by the fit policy (module docstring); a square image is returned as it is."""
+    w, h = img.size
+    if w == h or fit == "stretch":
+        return img
+    if fit == "crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.crop((left, top, left + side, top + side))
+    if fit == "pad":
+        side = max(w, h)
+        square = Image.new(img.mode, (side, side), 0)
+        square.paste(img, ((side - w) // 2, (side - h) // 2))
+        return square
+    raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
+
+
+def fitted(images: list[np.ndarray], *, size: int, fit: str) -> np.ndarray:
+    """Arrays (H, W) or (H, W, C) of any sizes -> (N, size, size, C) uint8, by `to_square` then resizing."""
+    out = []
+    for a in images:
+        a = a[..., None] if a.ndim == 2 else a
+        if a.shape[:2] != (size, size):
+            square = np.asarray(to_square(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), fit))
+            square = square[..., None] if square.ndim == 2 else square
+            a = resize(square[None], size)[0].permute(1, 2, 0).numpy()  # (size, size, C)
+        out.append(a)
+    return np.stack(out)
+
+
+def read_folder(folder: Path, *, size: int | None = None, fit: str = "crop") -> RawDataset:
+    """The folder's images as a RawDataset; with `size`, each fitted to size x size (module docstring)."""
     if not folder.is_dir():
         raise PixelNetError(f"image folder {folder} does not exist or is not a directory: set data.folder to a folder of PNG/JPEG images")
     files, skipped = _image_files(folder)
@@ -85,17 +129,17 @@ def read_folder(folder: Path) -> RawDataset:
         )
     images = [_open(path) for path, _ in files]
     sizes = {img.size for img in images}
-    if len(sizes) > 1:
+    if size is None and len(sizes) > 1:
         by_size = {}
         for (path, _), img in zip(files, images):
             by_size.setdefault(img.size, path)
         examples = ", ".join(f"{w}x{h} ({p.name})" for (w, h), p in list(by_size.items())[:3])
         raise PixelNetError(
-            f"images in {folder} have different sizes: {examples}; resize them to one size before using them"
+            f"images in {folder} have different sizes: {examples}; pass a size (data.size) to fit them to one"
         )
     mode = "L" if all(img.mode in GRAY_MODES for img in images) else "RGB"
     arrays = [np.asarray(img.convert(mode), dtype=np.uint8) for img in images]
-    stacked = np.stack(arrays)
+    stacked = fitted(arrays, size=size, fit=fit) if size is not None else np.stack(arrays)
     if stacked.ndim == 3:
         stacked = stacked[..., None]  # (N, H, W, 1)
     if labels_by_file[0] is None:

@@ -9,7 +9,8 @@
   where to put the files by hand.  The files are parsed here, not by
   torchvision, so that corrupt or truncated files give a clear message and
   CIFAR-10's pickles are read without executing arbitrary code.
-- folder: the user's own PNG/JPEG images, optionally one subfolder per class.
+- folder: the user's own PNG/JPEG images, optionally one subfolder per class,
+  of any sizes and shapes (fitted to data.size by data.fit: folder.py).
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ TORCHVISION = {
 DOWNLOAD_TIMEOUT_S = 10
 
 
-def load_source(dataset: str, *, cache_dir: Path, folder: str | None) -> RawDataset:
-    """Read (downloading if needed and possible) `dataset` as a RawDataset."""
+def load_source(dataset: str, *, cache_dir: Path, folder: str | None, size: int | None = None,
+                fit: str = "crop") -> RawDataset:
+    """Read (downloading if needed and possible) `dataset` as a RawDataset.
+
+    size and fit apply to a folder, whose images may differ in size (folder.py); the other sources have one size.
+    """
     if dataset == "mnist-5k":
         return mnist_5k()
     if dataset in TORCHVISION:
@@ -49,7 +54,7 @@ def load_source(dataset: str, *, cache_dir: Path, folder: str | None) -> RawData
     if dataset == "folder":
         if not folder:
             raise PixelNetError("data.folder is not set: with data.dataset = folder, set data.folder to your image directory")
-        return read_folder(Path(folder))
+        return read_folder(Path(folder), size=size, fit=fit)
     raise PixelNetError(
         f"unknown dataset {dataset!r}: data.dataset must be one of mnist-5k, mnist, fashion-mnist, cifar10, folder"
     )

@@ -15,7 +15,7 @@ from pixelnet.data.sources import load_source
 
 def download(cfg: DataConfig, *, out_dir: Path, cache_dir: Path) -> dict:
     """data/raw/<dataset>/ from the configured source."""
-    raw = load_source(cfg.dataset, cache_dir=cache_dir, folder=cfg.folder)
+    raw = load_source(cfg.dataset, cache_dir=cache_dir, folder=cfg.folder, size=cfg.size, fit=cfg.fit)
     write_raw(raw, out_dir, name=cfg.dataset)
     counts = {"train": len(raw.train.labels), "test": len(raw.test.labels) if raw.test else 0}
     return {"dataset": cfg.dataset, "images": counts, "shape": list(raw.train.images.shape[1:])}

@@ -17,8 +17,11 @@ class PixelNetPyfunc:
 
     images are integer levels shaped (N, C, H, W) or (N, C*H*W) (a DataFrame of
     rows works).  A class-conditional model scores -log p(x | y) given
-    params={"labels": [...]}, and without labels -log p(x) = -log sum_y p(y) p(x | y),
-    with p(y) the class frequencies of its train split (saved in the checkpoint).
+    params={"labels": [...]} (one class per image), and without labels (or with
+    []) -log p(x) = -log sum_y p(y) p(x | y), with p(y) the class frequencies of
+    its train split (saved in the checkpoint).  Bad labels raise an
+    MlflowException (INVALID_PARAMETER_VALUE) that names them, which
+    `mlflow models serve` answers with a 400 carrying the message.
     """
 
     def __init__(self, checkpoint: str) -> None:
@@ -34,8 +37,18 @@ class PixelNetPyfunc:
 
         c = self.config
         x = torch.as_tensor(np.asarray(model_input, dtype=np.int64)).reshape(-1, c.image_channels, c.height, c.width)
-        labels = (params or {}).get("labels")
+        labels = list((params or {}).get("labels") or []) or None
         dims = x[0].numel()
+        if labels is not None:
+            from mlflow.exceptions import MlflowException
+
+            if not c.conditional:
+                raise MlflowException.invalid_parameter_value(
+                    "params.labels: this model is unconditional and takes no labels; leave them out")
+            if len(labels) != len(x) or not all(0 <= int(k) < c.n_classes for k in labels):
+                raise MlflowException.invalid_parameter_value(
+                    f"params.labels must hold one class in 0 .. {c.n_classes - 1} per image ({len(x)} images), "
+                    f"got {labels}")
         if c.conditional and labels is None:
             if self.class_prior is None:
                 raise ValueError("this class-conditional model has no saved class prior: pass params={'labels': [...]}")

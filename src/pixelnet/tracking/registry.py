@@ -3,7 +3,10 @@
 The model is logged as an MLflow pyfunc model whose data is PixelNet's own
 checkpoint (config + weights-only state dict) and whose loader is
 pixelnet.tracking.pyfunc: nothing pickled, unlike mlflow.pytorch (which
-pickles the module, or runs torch.export, slowly).  train registers it with
+pickles the module, or runs torch.export, slowly).  It carries a signature
+(images in, bits/dim out, `labels` as a param), an input example and the
+package's source (code_paths), so `mlflow.pyfunc.load_model` and
+`mlflow models serve` need no pip-installed PixelNet.  train registers it with
 the alias `candidate`; evaluate moves `champion` to it when its test bits/dim
 beats the champion's on the same test set, or when there is no champion.
 `resolve_model("models:/pixelnet@champion", dst)` downloads it and returns the
@@ -13,6 +16,8 @@ checkpoint, which `pixelnet.checkpoint.load_model` reads with weights_only=True.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +26,11 @@ import mlflow
 import numpy as np
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
+import pixelnet
 from pixelnet.errors import PixelNetError
 from pixelnet.files import write_json
 from pixelnet.tracking import pyfunc
@@ -32,15 +40,36 @@ MODEL_NAME = "pixelnet"
 CHAMPION_FILE = "champion.json"
 
 
-def log_model(client: MlflowClient, run_id: str, *, model_path: Path, manifest: dict) -> str:
-    """Log the checkpoint as a pyfunc model, register it as `pixelnet`, alias `candidate`; returns the version."""
+def signature(manifest: dict) -> ModelSignature:
+    """uint8 level images (N, C, H, W), as data/processed holds them, in; bits/dim per image out; `labels` (one
+    class per image) as a param.
+
+    labels' default, [], scores the images alone (a conditional model's class-marginal NLL).
+    """
+    c, h, w = manifest["shape"]
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, c, h, w))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float64), (-1,))]),
+                          params=ParamSchema([ParamSpec("labels", "long", [], (-1,))]))
+
+
+def log_model(client: MlflowClient, run_id: str, *, model_path: Path, manifest: dict, example: np.ndarray) -> tuple[str, str]:
+    """Log the checkpoint as a self-contained pyfunc model, register it as `pixelnet`, alias `candidate`.
+
+    The package's source travels with the model (code_paths), so it loads where PixelNet is not installed.
+    `example`: a few of the data's images, uint8 (N, C, H, W), the model's input example.
+    Returns (registered version, logged model id).
+    """
     import torch
 
-    with mlflow.start_run(run_id=run_id):
+    package = Path(pixelnet.__file__).resolve().parent
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "pixelnet"
+        shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__"))
         info = mlflow.pyfunc.log_model(
-            name="model", loader_module=pyfunc.__name__, data_path=str(model_path),
+            name="model", loader_module=pyfunc.__name__, data_path=str(model_path), code_paths=[str(code)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-                              f"mlflow=={mlflow.__version__}", "pixelnet"],
+                              f"mlflow=={mlflow.__version__}"],
+            signature=signature(manifest), input_example=example.astype(np.uint8),
             registered_model_name=MODEL_NAME,
         )
     version = str(info.registered_model_version)
@@ -49,7 +78,7 @@ def log_model(client: MlflowClient, run_id: str, *, model_path: Path, manifest: 
     for key, value in {"dataset": manifest.get("dataset"), "test_images_sha256": test.get("images_sha256"),
                        "shape": "x".join(map(str, manifest.get("shape", []))), "levels": manifest.get("levels")}.items():
         client.set_model_version_tag(MODEL_NAME, version, key, str(value))
-    return version
+    return version, info.model_id
 
 
 def champion_decision(candidate: dict, champion: dict | None) -> dict:

@@ -44,6 +44,7 @@ from pixelnet.tracking.store import (
     log_dir,
     mlflow_errors,
     repo_root,
+    tracking_uri,
 )
 
 # Who logged a key, by its first component: params by section, metrics/artifacts by prefix, the content tags.
@@ -53,6 +54,7 @@ OWNERS = {"data": "train", "model": "train", "train": "train", "epoch": "train",
 # Re-running a stage redoes it and everything after it in the chain.
 REDONE = {"train": {"train", "sample", "complete", "evaluate"}, "sample": {"sample", "evaluate"},
           "complete": {"complete"}, "evaluate": {"evaluate"}}
+SYSTEM_METRICS_INTERVAL_S = 5
 TIMING_FILE = "timing.json"  # train's wall-clock figures (stages/train.py), logged as metrics
 
 
@@ -118,35 +120,61 @@ def run_for(client: MlflowClient, stage: str, keys: dict[str, str]) -> str:
     return copy_run(client, run, drop=REDONE[stage])
 
 
+def log_datasets(client: MlflowClient, run_id: str, data_dir: Path, manifest: dict) -> None:
+    """The train, val and test splits as the run's datasets, each named by dataset and split, with its content digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for split, info in manifest["splits"].items():
+        source = resolve_dataset_source(str((Path(data_dir) / f"{split}_images.npy").resolve()))
+        dataset = MetaDataset(source=source, name=f"{manifest['dataset']}-{split}", digest=info["images_sha256"][:16])
+        context = {"train": "training", "val": "validation"}.get(split, split)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
 def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: Path, validation_dir: Path | None,
                 train: Callable[[], dict]) -> dict:
-    """Run `train()` inside a new MLflow run; log params, metrics, reports and the model; tag the model's hash.
+    """Run `train()` inside a new MLflow run; log params, datasets, system metrics while training, metrics, reports
+    and the model; tag the model's hash.
 
     The run is created (and the store checked) before `train()` starts.
     """
-    from pixelnet.data.processed import read_manifest
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from pixelnet.data.processed import load_split, read_manifest
 
     client = connect()
+    manifest = read_manifest(data_dir)
     with mlflow_errors("starting the run"):
         exp = experiment_id(client)
         run_id = client.create_run(exp, tags=provenance(data_dir)).info.run_id
         log_batch(client, run_id, params=flatten("data", to_dict(params.data)) | flatten("model", to_dict(params.model))
                   | flatten("train", to_dict(params.train)))
+        log_datasets(client, run_id, data_dir, manifest)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=tracking_uri())
     try:
-        metrics = train()
+        monitor.start()  # CPU, memory, disk and (with pynvml) GPU use, as the run's system/ metrics
+        try:
+            metrics = train()
+        finally:
+            monitor.finish()
         with mlflow_errors("logging the training results"):
+            example = load_split(data_dir, "test", manifest).images[:2].numpy()
+            version, model_id = log_model(client, run_id, model_path=model_path, manifest=manifest, example=example)
             epochs, steps = pd.read_csv(reports_dir / "epochs.csv"), pd.read_csv(reports_dir / "steps.csv")
             by_epoch = pd.DataFrame(json.loads((reports_dir / TIMING_FILE).read_text())["by_epoch"])
             log_batch(client, run_id, metrics=frame_metrics(epochs, prefix="epoch", step_column="epoch")
                       + frame_metrics(by_epoch, prefix="epoch", step_column="epoch")
                       + frame_metrics(steps, prefix="step", step_column="step")
-                      + dict_metrics(metrics, prefix="train", step=int(metrics.get("epochs", 0))))
+                      + dict_metrics(metrics, prefix="train", step=int(metrics.get("epochs", 0)), model_id=model_id))
             log_dir(client, run_id, reports_dir, "train")
             if validation_dir is not None:
                 log_dir(client, run_id, validation_dir, "validation")
-            version = log_model(client, run_id, model_path=model_path, manifest=read_manifest(data_dir))
-            log_batch(client, run_id, tags={"model_version": version, "model_sha256": sha256_file(model_path),
-                                            "train.done": "true"})
+            log_batch(client, run_id, tags={"model_version": version, "model_id": model_id,
+                                            "model_sha256": sha256_file(model_path), "train.done": "true"})
     except BaseException:
         finish(client, run_id, "FAILED")
         raise
@@ -181,8 +209,9 @@ def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, wor
         with mlflow_errors(f"logging the {stage} results"):
             log_batch(client, run_id, params=flatten(stage, values), tags=provenance() | {
                 k: sha256_file(path) for k, path in (publishes or {}).items()})
+            model_id = client.get_run(run_id).data.tags.get("model_id")  # evaluate's metrics on the Models tab
             log_batch(client, run_id, metrics=dict_metrics({k: v for k, v in results.items() if k not in values},
-                                                           prefix=stage))
+                                                           prefix=stage, model_id=model_id))
             log_dir(client, run_id, out_dir, stage)
             from PIL import Image
 

@@ -1,9 +1,20 @@
 """Where MLflow runs go, and the small helpers every tracked stage uses to talk to the store.
 
 Runs go to MLFLOW_TRACKING_URI when set (a tracking server, say), otherwise
-to sqlite:///mlflow.db at the repository root (the nearest directory above
-the working directory holding .dvc or .git), with artifacts in mlruns/ beside
-it.  `connect` checks the store before any work: a server that cannot be
+to sqlite:///mlflow.db at the repository root, with artifacts in mlruns/
+beside it.  The root is DVC_ROOT when DVC runs the stage, which for
+`dvc exp run --queue` and `--temp` names the workspace, not the temporary
+copy the experiment runs in: so queued experiments land in the workspace's
+store, with no setting by hand.  Outside DVC it is the nearest directory
+above the working directory holding .dvc or .git.
+
+Several processes may write one sqlite store at once (`dvc queue start -j 2`).
+`connect` puts the database in WAL mode, once, under a file lock, so that a
+reader never blocks a writer and writers wait their turn (MLflow's
+busy_timeout) instead of failing with "database is locked".  One file, no
+server process to start and stop, and the UI reads it as before.
+
+`connect` also checks the store before any work: a server that cannot be
 reached fails the stage at once, rather than after minutes of work whose
 results could not be logged.
 """
@@ -27,9 +38,14 @@ from mlflow.tracking import MlflowClient
 from pixelnet.errors import PixelNetError
 
 EXPERIMENT = "pixelnet"
+# The experiment's type in MLflow 3's UI: the model-training view (runs, metrics, models), not the GenAI one.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def repo_root(start: Path | None = None) -> Path:
+    """The workspace's root: DVC_ROOT under DVC (the workspace even for a queued experiment), else found upwards."""
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         if (d / ".dvc").is_dir() or (d / ".git").exists():
@@ -65,7 +81,26 @@ def connect() -> MlflowClient:
             raise PixelNetError(f"MLflow database directory {parent} does not exist or is not writable: "
                                 "fix MLFLOW_TRACKING_URI or the directory's permissions")
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:///"):
+        shared_sqlite(client, Path(uri.removeprefix("sqlite:///")))
+    return client
+
+
+def shared_sqlite(client: MlflowClient, db: Path) -> None:
+    """Create the database (MLflow's schema) and switch it to WAL mode, one process at a time."""
+    import fcntl
+    import sqlite3
+
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting at once must not both create the schema
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates the database if needed
+            with sqlite3.connect(db, timeout=60) as conn:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -88,9 +123,12 @@ def experiment_id(client: MlflowClient) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if not EXPERIMENT_KIND.items() <= found.tags.items():  # made by an earlier PixelNet, or by hand
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = (repo_root() / "mlruns").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def finish(client: MlflowClient, run_id: str, status: str) -> None:
@@ -132,9 +170,10 @@ def frame_metrics(frame: pd.DataFrame, *, prefix: str, step_column: str) -> list
     return out
 
 
-def dict_metrics(values: dict[str, Any], *, prefix: str, step: int = 0) -> list[Metric]:
+def dict_metrics(values: dict[str, Any], *, prefix: str, step: int = 0, model_id: str | None = None) -> list[Metric]:
+    """The numbers of `values` as `prefix/key` metrics; with model_id, linked to that logged model (its Models tab)."""
     ts = _now_ms()
-    return [Metric(f"{prefix}/{k}", float(v), ts, step) for k, v in values.items()
+    return [Metric(f"{prefix}/{k}", float(v), ts, step, model_id=model_id) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
