@@ -44,7 +44,9 @@ def test_champion_rule(candidate, champion, promoted, is_champion, reason):
     ("sample.temperature", "sample"), ("sample/grid.png", "sample"), ("images/sample~grid+step+0+x.png", "sample"),
     ("sample.done", "sample"), ("evaluate/test_bits_per_dim", "evaluate"), ("evaluate.champion_decision", "evaluate"),
     ("images/evaluate~loss_curves+step+0+x.png", "evaluate"), ("complete/completions.png", "complete"),
-    ("model_sha256", "train"), ("samples_sha256", "sample"), ("model_version", "train"),
+    ("model_sha256", "train"), ("samples_sha256", "sample"), ("model_version", "train"), ("model_id", "train"),
+    ("sample_grid.png", "sample"), ("evaluate_samples_vs_real.png", "evaluate"), ("complete_completions.png", "complete"),
+    ("data_manifest_sha256", "train"), ("copied_from_run", "train"),
 ])
 def test_owner_of_each_kind_of_key(key, stage):
     assert runs.owner(key) == stage

@@ -21,6 +21,7 @@ a fresh MLflow store), the stage starts a run of its own and says so in a tag.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from pixelnet.tracking.store import (
 
 # Who logged a key, by its first component: params by section, metrics/artifacts by prefix, the content tags.
 OWNERS = {"data": "train", "model": "train", "train": "train", "epoch": "train", "step": "train",
-          "validation": "train", "model_sha256": "train", "sample": "sample", "samples_sha256": "sample",
+          "validation": "train", "sample": "sample", "samples": "sample",
           "complete": "complete", "evaluate": "evaluate"}
 # Re-running a stage redoes it and everything after it in the chain.
 REDONE = {"train": {"train", "sample", "complete", "evaluate"}, "sample": {"sample", "evaluate"},
@@ -59,9 +60,10 @@ TIMING_FILE = "timing.json"  # train's wall-clock figures (stages/train.py), log
 
 
 def owner(key: str) -> str:
-    """The stage that logged a param, metric, tag or artifact path (images/ keys use ~ for /)."""
+    """The stage that logged a param, metric, tag or artifact path (images/ keys use ~ for /; root images are
+    STAGE_NAME.png)."""
     head = key.removeprefix("images/").replace("~", "/")
-    for sep in "./":
+    for sep in "./_":
         head = head.split(sep, 1)[0]
     return OWNERS.get(head, "train")
 
@@ -217,7 +219,10 @@ def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, wor
 
             for name, file in images.items():
                 with Image.open(Path(out_dir) / file) as img:
-                    client.log_image(run_id, img.copy(), key=f"{stage}/{name}")
+                    client.log_image(run_id, img.copy(), key=f"{stage}/{name}")  # the runs' chart view
+                with tempfile.TemporaryDirectory() as tmp:  # and at the root, where Compare shows them side by side
+                    shutil.copyfile(Path(out_dir) / file, Path(tmp) / f"{stage}_{name}.png")
+                    client.log_artifact(run_id, str(Path(tmp) / f"{stage}_{name}.png"))
             if champion:
                 record_champion(out_dir)(client, run_id, results)
             client.set_tag(run_id, f"{stage}.done", "true")
