@@ -97,6 +97,7 @@ def client(tmp_path_factory):
 
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(db.parent)  # MLflow's default artifact root for a sqlite store is ./mlruns: keep it out of the repo
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "pixelnet-test")
         yield store.connect()
