@@ -216,6 +216,8 @@ def test_changing_sample_temperature_reruns_only_sample_and_evaluate(scenario):
     assert copy.data.tags["copied_from_run"] == first.info.run_id  # the execution gets its own complete run
     assert copy.data.params["train.epochs"] == "2" and "epoch/val_bpd" in copy.data.metrics
     assert "evaluate/test_bits_per_dim" in copy.data.metrics
+    assert [d.dataset.name for d in copy.inputs.dataset_inputs] == [d.dataset.name for d in first.inputs.dataset_inputs]
+    assert {d.dataset.name for d in first.inputs.dataset_inputs} == {"mnist-5k-train", "mnist-5k-val", "mnist-5k-test"}
     roots = {a.path for a in client.list_artifacts(copy.info.run_id)}  # what Compare shows side by side
     assert {"sample_grid.png", "complete_completions.png", "evaluate_samples_vs_real.png"} <= roots
 

@@ -100,6 +100,8 @@ def copy_run(client: MlflowClient, run: Any, *, drop: set[str]) -> str:
     new = client.create_run(run.info.experiment_id, tags=tags | {"copied_from_run": src}).info.run_id
     metrics = [m for key in run.data.metrics if keep(key) for m in client.get_metric_history(src, key)]
     log_batch(client, new, params={k: v for k, v in run.data.params.items() if keep(k)}, metrics=metrics)
+    if run.inputs and run.inputs.dataset_inputs:  # the splits train logged: the copy trained on them too
+        client.log_inputs(new, datasets=list(run.inputs.dataset_inputs))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(client.download_artifacts(src, "", tmp))
         for path in sorted(root.rglob("*")):
