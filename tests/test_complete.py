@@ -76,7 +76,7 @@ def test_cli_complete_writes_completions_and_grid(run_cli, tmp_path, tiny_params
     assert completions.shape == (2, 3, 1, 8, 8) and completions.dtype == np.uint8
     assert (completions[:, :, :, :3] == test_images[:, None, :, :3]).all()
     assert info["images"] == 2 and info["per_image"] == 3 and info["rows"] == 3
-    assert Image.open(out / "completions.png").size == (2 + 5 * 10, 2 + 2 * 10)
+    assert Image.open(out / "completions.png").size == (2 + 5 * (8 * 8 + 2), 2 + 2 * (8 * 8 + 2))  # 8x8 images x8
 
 
 def test_cli_complete_refuses_keeping_every_row(run_cli, tmp_path, tiny_params, image_folder):

@@ -156,7 +156,7 @@ def test_cli_label_draws_one_class_and_stage_grid_has_a_column_per_class(tmp_pat
     from PIL import Image
 
     grid = Image.open(tmp_path / "all" / "grid.png")
-    assert grid.size == (2 + 3 * 7, 2 + 2 * 7)  # one column per class, 2 rows, 5x5 images + 2px padding
+    assert grid.size == (2 + 3 * (65 + 2), 14 + 2 + 2 * (65 + 2))  # a column per class, 2 rows, 5x5 images x13
     result = run_cli("sample", "--params", params, "--model", tmp_path / "m.pt", "--out", tmp_path / "two", "--label", "2")
     assert result.code == 0, result.err
     assert np.load(tmp_path / "two" / "labels.npy").tolist() == [2] * 6

@@ -1,7 +1,10 @@
 """The figures people look at: sample grids, completions, samples beside real images, loss curves.
 
 Images arrive as uint8 levels (N, C, H, W); `to_display` maps them back to
-0..255 for viewing (level * 255 / (levels - 1)).
+0..255 for viewing (level * 255 / (levels - 1)).  The stages draw every image
+at least CELL screen pixels tall, by nearest-neighbour upscaling (a 28x28
+digit is a speck otherwise), in a near-square layout whose columns each hold
+one class when the classes take turns, with the class named above its column.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+CELL = 64  # the least on-screen size of one image in the pipeline's figures, in pixels
+LABEL_HEIGHT = 14  # the band above the columns that names their classes
 
 
 def to_display(images: torch.Tensor | np.ndarray, levels: int) -> np.ndarray:
@@ -21,22 +27,74 @@ def to_display(images: torch.Tensor | np.ndarray, levels: int) -> np.ndarray:
     return np.rint(x * 255.0 / (levels - 1)).astype(np.uint8)
 
 
-def image_grid(images: torch.Tensor | np.ndarray, levels: int, *, nrow: int | None = None, pad: int = 2) -> Image.Image:
-    """(N, C, H, W) levels -> one PIL image, `nrow` images per row, `pad` pixels apart."""
+def display_scale(height: int, width: int) -> int:
+    """The whole-number upscaling that draws an image of height x width at least CELL pixels on its longer side."""
+    return max(1, math.ceil(CELL / max(height, width)))
+
+
+def near_square_columns(n: int, classes: int = 0) -> int:
+    """Images per row for n images: about sqrt(n); a multiple of `classes` when the classes take turns (image k
+    of class k mod classes), so that every column holds one class."""
+    side = max(1, round(math.sqrt(n)))
+    if classes < 2:
+        return min(n, side) if n else 1
+    return classes * max(1, round(side / classes))
+
+
+def image_grid(images: torch.Tensor | np.ndarray, levels: int, *, nrow: int | None = None, pad: int = 2,
+               scale: int = 1, column_labels: list[str] | None = None) -> Image.Image:
+    """(N, C, H, W) levels -> one PIL image, `nrow` images per row, `pad` pixels apart, each pixel drawn
+    scale x scale; `column_labels` (one per column) are written in a band above the columns."""
     x = to_display(images, levels)
+    if scale > 1:
+        x = x.repeat(scale, axis=2).repeat(scale, axis=3)  # nearest-neighbour: every level stays a crisp block
     n, c, h, w = x.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
-    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 128, dtype=np.uint8)
+    top0 = LABEL_HEIGHT if column_labels else 0
+    canvas = np.full((top0 + rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 128, dtype=np.uint8)
     for k in range(n):
         r, col = divmod(k, nrow)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        top, left = top0 + pad + r * (h + pad), pad + col * (w + pad)
         canvas[top:top + h, left:left + w] = x[k].transpose(1, 2, 0)
-    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    out = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    if column_labels:
+        draw, font = ImageDraw.Draw(out), ImageFont.load_default()
+        for col, text in enumerate(column_labels[:nrow]):
+            while len(text) > 1 and draw.textlength(text, font=font) > w:  # a long class name is cut to its column
+                text = text[:-1]
+            width = draw.textlength(text, font=font)
+            draw.text((pad + col * (w + pad) + (w - width) / 2, 1), text, fill=255 if c == 1 else (255, 255, 255),
+                      font=font)
+    return out
+
+
+def class_grid(images: torch.Tensor | np.ndarray, levels: int, *, classes: list[str] | None) -> Image.Image:
+    """The pipeline's grid: upscaled, near-square; with `classes` (images of class k mod len(classes) in turn),
+    one class per column, named above it."""
+    n, _, h, w = np.asarray(images).shape
+    nrow = near_square_columns(n, len(classes) if classes else 0)
+    labels = [classes[col % len(classes)] for col in range(nrow)] if classes else None
+    return image_grid(images, levels, nrow=nrow, scale=display_scale(h, w), column_labels=labels)
+
+
+def classes_in_turn(labels: torch.Tensor | np.ndarray, n: int, n_classes: int, *, seed: int = 0) -> np.ndarray:
+    """Indices of n images, image k of class k mod n_classes (each class's images in a seeded random order), for a
+    real half laid out like the samples; classes that run out are skipped."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == k))) for k in range(n_classes)]
+    picked: list[int] = []
+    k = 0
+    while len(picked) < n and any(pools):
+        if pools[k % n_classes]:
+            picked.append(int(pools[k % n_classes].pop(0)))
+        k += 1
+    return np.asarray(picked, dtype=np.int64)
 
 
 def completion_grid(images: torch.Tensor | np.ndarray, completions: torch.Tensor | np.ndarray, *,
-                    rows: int, levels: int) -> Image.Image:
+                    rows: int, levels: int, scale: int = 1) -> Image.Image:
     """One line per image: the original, its top `rows` rows with the rest blanked, then its completions.
 
     images (N, C, H, W) and completions (N, K, C, H, W), uint8 levels.  The blanked
@@ -46,7 +104,7 @@ def completion_grid(images: torch.Tensor | np.ndarray, completions: torch.Tensor
     occluded = images.copy()
     occluded[:, :, rows:] = levels // 2
     panel = np.concatenate([images[:, None], occluded[:, None], completions], axis=1)  # (N, K + 2, C, H, W)
-    return image_grid(panel.reshape(-1, *images.shape[1:]), levels, nrow=panel.shape[1])
+    return image_grid(panel.reshape(-1, *images.shape[1:]), levels, nrow=panel.shape[1], scale=scale)
 
 
 def side_by_side(left: Image.Image, right: Image.Image, *, gap: int = 8) -> Image.Image:

@@ -21,7 +21,7 @@ from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_s
 from pixelnet.config import CompleteConfig
 from pixelnet.data.processed import check_fits, load_split, read_manifest
 from pixelnet.errors import PixelNetError
-from pixelnet.evaluation.figures import completion_grid
+from pixelnet.evaluation.figures import completion_grid, display_scale
 from pixelnet.files import make_dir, write_json
 from pixelnet.sampling import complete as complete_images
 from pixelnet.sampling import supports
@@ -55,7 +55,8 @@ def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: 
     seconds = time.perf_counter() - t0
     make_dir(out_dir)
     np.save(out_dir / "completions.npy", completions.numpy())
-    completion_grid(images, completions, rows=cfg.rows, levels=mcfg.levels).save(out_dir / "completions.png")
+    completion_grid(images, completions, rows=cfg.rows, levels=mcfg.levels,
+                    scale=display_scale(mcfg.height, mcfg.width)).save(out_dir / "completions.png")
     info = {"images": len(images), "per_image": cfg.per_image, "rows": cfg.rows, "temperature": cfg.temperature,
             "seed": cfg.seed, "levels": mcfg.levels, "test_indices": index.tolist()}
     write_json(out_dir / "complete.json", info)

@@ -22,7 +22,7 @@ from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_s
 from pixelnet.config import EvaluateConfig
 from pixelnet.data.processed import check_fits, load_split, read_manifest
 from pixelnet.errors import PixelNetError
-from pixelnet.evaluation.figures import image_grid, plot_loss_curves, side_by_side
+from pixelnet.evaluation.figures import class_grid, classes_in_turn, plot_loss_curves, side_by_side
 from pixelnet.evaluation.nll import test_nll
 from pixelnet.evaluation.quality import format_table, sample_quality
 from pixelnet.files import make_dir, write_json
@@ -59,6 +59,25 @@ def read_samples(samples_path: Path, manifest: dict, levels: int) -> tuple[np.nd
     return samples, np.load(labels_path, allow_pickle=False) if labels_path.is_file() else None
 
 
+def figure_halves(samples: np.ndarray, labels: np.ndarray | None, test, manifest: dict, *, grid_n: int,
+                  levels: int) -> tuple:
+    """samples_vs_real's halves: the first grid_n samples, and as many test images laid out alike.
+
+    When the samples' classes take turns (a conditional model), the real images do too, so each column
+    holds one class on both sides; otherwise the real images are a seeded random draw (the test split may
+    be stored in class order, and its first images would all show one class).
+    """
+    shown = samples[:grid_n]
+    classes = list(manifest.get("classes") or [])
+    turns = labels is not None and len(classes) >= 2 and (labels[:grid_n] == np.arange(len(shown)) % len(classes)).all()
+    if turns:
+        real = test.images[classes_in_turn(test.labels, len(shown), len(classes))]
+    else:
+        real = test.images[np.random.default_rng(0).permutation(len(test.images))[:len(shown)]]
+    names = classes if turns else None
+    return class_grid(shown, levels, classes=names), class_grid(real, levels, classes=names)
+
+
 def evaluate(
     cfg: EvaluateConfig, *, model_path: Path, data_dir: Path, samples_path: Path, train_reports: Path, out_dir: Path
 ) -> dict:
@@ -75,8 +94,7 @@ def evaluate(
     samples, labels = read_samples(samples_path, manifest, mcfg.levels)
     metrics.update(sample_scores(samples, data_dir=data_dir, manifest=manifest, test=test, levels=mcfg.levels,
                                  labels=labels))
-    real = test.images[: cfg.grid_n]
-    side_by_side(image_grid(samples[: cfg.grid_n], mcfg.levels), image_grid(real, mcfg.levels)).save(
+    side_by_side(*figure_halves(samples, labels, test, manifest, grid_n=cfg.grid_n, levels=mcfg.levels)).save(
         out_dir / "samples_vs_real.png")
     try:
         steps = pd.read_csv(Path(train_reports) / "steps.csv")

@@ -20,7 +20,7 @@ from pixelnet.checkpoint import load_model
 from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, model_file, report_stage, run_command
 from pixelnet.config import SampleConfig
 from pixelnet.errors import PixelNetError
-from pixelnet.evaluation.figures import image_grid
+from pixelnet.evaluation.figures import class_grid
 from pixelnet.files import make_dir, write_json
 from pixelnet.model import ModelConfig
 from pixelnet.sampling import sample_fast, sample_naive, sampling_noise, supports
@@ -28,12 +28,12 @@ from pixelnet.training.distributed import select_device
 
 
 def sample_labels(cfg: SampleConfig, mcfg: ModelConfig) -> tuple[torch.Tensor | None, int | None]:
-    """Class labels (n,) to draw for a conditional model, and the grid's images per row.
+    """Class labels (n,) to draw for a conditional model, and the number of classes that take turns (None if none).
 
     With sample.label set, every image is of that class.  Otherwise the classes
     take turns, image k of class k mod classes: every class is drawn equally
-    often, any `classes` consecutive images hold one of each, and the grid has
-    one column per class.
+    often, any `classes` consecutive images hold one of each, and the grid's
+    columns each hold one class.
     """
     if not mcfg.conditional:
         if cfg.label is not None:
@@ -62,7 +62,8 @@ def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = 
     make_dir(out_dir)
     np.save(out_dir / "samples.npy", images.numpy())
     np.save(out_dir / "labels.npy", (labels if labels is not None else torch.full((cfg.n,), -1)).numpy().astype(np.int64))
-    image_grid(images, mcfg.levels, nrow=per_row).save(out_dir / "grid.png")
+    classes = [str(k) for k in range(mcfg.n_classes)] if per_row else None  # the classes take turns
+    class_grid(images, mcfg.levels, classes=classes).save(out_dir / "grid.png")
     info = {"n": cfg.n, "method": cfg.method, "temperature": cfg.temperature, "seed": cfg.seed,
             "levels": mcfg.levels, "label": cfg.label, "conditional": mcfg.conditional}
     write_json(out_dir / "sample.json", info)
