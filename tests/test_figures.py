@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pixelnet.evaluation.figures import (LABEL_HEIGHT, class_grid, classes_in_turn, display_scale, image_grid,
-                                         near_square_columns)
+from pixelnet.evaluation.figures import (
+    LABEL_HEIGHT,
+    class_grid,
+    classes_in_turn,
+    display_scale,
+    image_grid,
+    near_square_columns,
+)
 
 
 def test_images_are_drawn_at_least_cell_pixels():

@@ -1,4 +1,4 @@
-"""The `pixelnet` command line: `pixelnet STAGE ...` runs one pipeline stage's command.
+"""The `pixelnet` command line: `pixelnet STAGE ...` runs one pipeline stage's command; `pixelnet serve` the page.
 
 The commands are the stage modules' own (pixelnet.stages.NAME.command), found
 by listing the package, and `pixelnet NAME` imports only module NAME: the
@@ -21,8 +21,17 @@ from pixelnet.command import app_for, run_app
 HELP = "PixelNet: PixelCNN-style image generation. Commands are the pipeline's stages (dvc.yaml runs them in order)."
 
 
+# Commands that are not pipeline stages: name -> module with `command`.
+OTHER_COMMANDS = {"serve": "pixelnet.serve.main"}
+
+
+def command_modules() -> dict[str, str]:
+    stages = {m.name: f"pixelnet.stages.{m.name}" for m in pkgutil.iter_modules(pixelnet.stages.__path__)}
+    return dict(sorted((stages | OTHER_COMMANDS).items()))
+
+
 def command_names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(pixelnet.stages.__path__))
+    return list(command_modules())
 
 
 def full_app() -> typer.Typer:
@@ -33,8 +42,8 @@ def full_app() -> typer.Typer:
     def root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False) -> None:
         """(--debug is read by pixelnet.command.run_app.)"""
 
-    for name in command_names():
-        app.command(name)(importlib.import_module(f"pixelnet.stages.{name}").command)
+    for name, module in command_modules().items():
+        app.command(name)(importlib.import_module(module).command)
     return app
 
 
@@ -43,7 +52,7 @@ def main() -> None:
     args = sys.argv[1:]
     words = [a for a in args if a != "--debug"]
     if words and words[0] in command_names():
-        module = importlib.import_module(f"pixelnet.stages.{words[0]}")
+        module = importlib.import_module(command_modules()[words[0]])
         rest = list(args)
         rest.remove(words[0])
         run_app(app_for(module.command), prog=f"pixelnet {words[0]}", args=rest)

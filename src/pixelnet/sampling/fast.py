@@ -75,12 +75,15 @@ def sample_fast(
     start_row: int = 0,
     progress: RowWrapper | None = None,
     labels: torch.Tensor | None = None,
+    on_row: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """The images `sample_naive` draws from the same arguments, computed with per-layer caches.
 
     noise: (N, C, H, W) uniforms from `sampling_noise`.  `given` (N, C, H, W)
     levels, with `start_row`, keeps rows above `start_row` fixed (completion).
-    `labels` (N,) are the classes of a conditional model.
+    `labels` (N,) are the classes of a conditional model.  `on_row(i, row)` is
+    called as each row i is finished, with its levels (N, C, W) (the page streams
+    them); an exception it raises stops the sampling.
     Returns uint8 levels (N, C, H, W).  The model must be in eval mode.
     """
     n, c, h, w = noise.shape
@@ -99,6 +102,8 @@ def sample_fast(
                 value = draw(form.logits(i, j, ch), noise[:, ch, i, j], temperature)
                 x[:, ch, i, j] = value
                 form.write(i, j, ch, value)
+        if on_row is not None:
+            on_row(i, x[:, :, i].to(torch.uint8).cpu())
     return x.to(torch.uint8).cpu()
 
 
@@ -112,6 +117,7 @@ def complete(
     temperature: float = 1.0,
     progress: RowWrapper | None = None,
     labels: torch.Tensor | None = None,
+    on_row: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Keep the top `rows` rows of each image (N, C, H, W) and sample the rest, `completions` times.
 
@@ -126,5 +132,5 @@ def complete(
         labels = labels.repeat_interleave(completions, dim=0)
     noise = sampling_noise(n * completions, c, h, w, seed=seed)
     out = sample_fast(model, noise, temperature=temperature, given=given, start_row=rows, progress=progress,
-                      labels=labels)
+                      labels=labels, on_row=on_row)
     return out.view(n, completions, c, h, w)

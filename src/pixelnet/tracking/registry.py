@@ -179,3 +179,21 @@ def resolve_model(uri: str, dst: Path) -> Path:
         raise PixelNetError(f"{uri} is not a PixelNet model (no {pyfunc.__name__} pyfunc flavor): "
                             "pass a model registered by `pixelnet train --mlflow`")
     return local / flavor["data"]
+
+
+def version_facts(uri: str) -> dict:
+    """What a registered model's page shows: its version, aliases, dataset and test bits/dim (registry tags)."""
+    client = connect()
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    try:
+        if ref:
+            mv = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, number = name.partition("/")
+            mv = client.get_model_version(name, number)
+        aliases = [a for a, v in client.get_registered_model(name).aliases.items() if str(v) == str(mv.version)]
+    except (MlflowException, requests.RequestException) as e:
+        raise PixelNetError(f"cannot read {uri} from the registry ({e}): check the name and alias") from None
+    bpd = mv.tags.get("test_bits_per_dim")
+    return {"registry": {"name": name, "version": int(mv.version), "aliases": sorted(aliases)},
+            "dataset": mv.tags.get("dataset"), "test_bits_per_dim": float(bpd) if bpd else None}

@@ -1,0 +1,67 @@
+"""The `pixelnet serve` command: load a checkpoint or a registered model and serve the page (app.py) with uvicorn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pixelnet.command import model_file, run_command
+from pixelnet.errors import PixelNetError
+
+
+def model_facts(model: str, checkpoint: Path, metrics: Path | None) -> dict:
+    """What the page shows about the model: its source, and test bits/dim where known."""
+    facts: dict = {"source": model}
+    if model.startswith("models:/"):
+        from pixelnet.tracking.registry import version_facts
+
+        facts |= version_facts(model)
+    elif metrics is not None and metrics.is_file():
+        facts["test_bits_per_dim"] = json.loads(metrics.read_text()).get("test_bits_per_dim")
+    from pixelnet.checkpoint import read_checkpoint
+
+    facts.setdefault("dataset", read_checkpoint(checkpoint)["meta"].get("dataset"))
+    return facts
+
+
+def command(
+    model: Annotated[str, typer.Option(help="a checkpoint, or a registered model: models:/pixelnet@champion")],
+    host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    data: Annotated[Path, typer.Option(help="preprocessed data whose test images the page offers to complete")] = Path(
+        "data/processed"),
+    metrics: Annotated[Path, typer.Option(help="evaluate's metrics.json, for a checkpoint's test bits/dim")] = Path(
+        "reports/evaluate/metrics.json"),
+) -> None:
+    """Serve a page where the model draws images row by row, and completes test images or your drawing."""
+    import torch
+    import uvicorn
+
+    from pixelnet.checkpoint import load_model
+    from pixelnet.serve.app import create_app
+
+    if not 1 <= port <= 65535:
+        raise PixelNetError(f"--port {port} is not a port: choose one in 1 .. 65535")
+    with model_file(model) as path:
+        net, config = load_model(path)
+        facts = model_facts(model, path, metrics)
+    examples = example_labels = None
+    if (Path(data) / "manifest.json").is_file():
+        from pixelnet.data.processed import check_fits, load_split, read_manifest
+
+        manifest = read_manifest(data)
+        check_fits(manifest, config, model_path=Path(model), data_dir=data)
+        test = load_split(data, "test", manifest)
+        pick = torch.arange(10) * len(test.images) // 10  # evenly spaced: the split is stored in class order
+        examples, example_labels = test.images[pick], test.labels[pick]
+        facts["dataset"] = facts.get("dataset") or manifest["dataset"]
+    typer.echo(f"PixelNet serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
+    app = create_app(net, config, facts=facts, examples=examples, example_labels=example_labels)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    run_command(command, prog="pixelnet serve")
