@@ -175,3 +175,19 @@ def test_a_client_that_disconnects_stops_its_generation():
     assert app.state.generations, "the generation's thread did not end"
     (ended,) = app.state.generations
     assert ended["stopped"] and ended["rows"] < 28, ended  # a whole generation draws 28
+
+
+def test_the_page_offers_test_images_only_from_data_that_fits_the_model(run_cli, tmp_path, tiny_params, image_folder,
+                                                                        capsys):
+    from pixelnet.serve.main import test_examples
+
+    for args in [("download", "--params", tiny_params, "--out", tmp_path / "raw", "-S", f"data.folder={image_folder}"),
+                 ("preprocess", "--params", tiny_params, "--raw", tmp_path / "raw", "--out", tmp_path / "data")]:
+        assert run_cli(*args).code == 0
+    fits = random_model(levels=4, height=8, width=8, blocks=1)
+    images, labels, dataset = test_examples(tmp_path / "data", fits.config, "m.pt")
+    assert images.shape == (10, 1, 8, 8) and labels.shape == (10,) and dataset == "raw"  # the raw directory's name
+    other = random_model(levels=4, height=5, width=5, blocks=1)
+    assert test_examples(tmp_path / "data", other.config, "m.pt") == (None, None, None)
+    assert "not offering test images to complete" in capsys.readouterr().err
+    assert test_examples(tmp_path / "nothing", fits.config, "m.pt") == (None, None, None)

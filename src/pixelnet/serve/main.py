@@ -27,6 +27,26 @@ def model_facts(model: str, checkpoint: Path, metrics: Path | None) -> dict:
     return facts
 
 
+def test_examples(data: Path, config, model: str):
+    """Ten test images of `data` evenly spaced (the split is stored in class order), their classes and the
+    dataset's name; (None, None, None) when there is no data there, or it does not fit the model (said why)."""
+    import torch
+
+    from pixelnet.data.processed import check_fits, load_split, read_manifest
+
+    if not (data / "manifest.json").is_file():
+        return None, None, None
+    manifest = read_manifest(data)
+    try:
+        check_fits(manifest, config, model_path=Path(model), data_dir=data)
+    except PixelNetError as e:  # the page still generates; it just has no test images to offer
+        typer.echo(f"not offering test images to complete: {e}", err=True)
+        return None, None, None
+    test = load_split(data, "test", manifest)
+    pick = torch.arange(10) * len(test.images) // 10
+    return test.images[pick], test.labels[pick], manifest["dataset"]
+
+
 def command(
     model: Annotated[str, typer.Option(help="a checkpoint, or a registered model: models:/pixelnet@champion")],
     host: Annotated[str, typer.Option(help="address to listen on (127.0.0.1: this machine only)")] = "127.0.0.1",
@@ -37,7 +57,6 @@ def command(
         "reports/evaluate/metrics.json"),
 ) -> None:
     """Serve a page where the model draws images row by row, and completes test images or your drawing."""
-    import torch
     import uvicorn
 
     from pixelnet.checkpoint import load_model
@@ -48,16 +67,8 @@ def command(
     with model_file(model) as path:
         net, config = load_model(path)
         facts = model_facts(model, path, metrics)
-    examples = example_labels = None
-    if (Path(data) / "manifest.json").is_file():
-        from pixelnet.data.processed import check_fits, load_split, read_manifest
-
-        manifest = read_manifest(data)
-        check_fits(manifest, config, model_path=Path(model), data_dir=data)
-        test = load_split(data, "test", manifest)
-        pick = torch.arange(10) * len(test.images) // 10  # evenly spaced: the split is stored in class order
-        examples, example_labels = test.images[pick], test.labels[pick]
-        facts["dataset"] = facts.get("dataset") or manifest["dataset"]
+    examples, example_labels, dataset = test_examples(Path(data), config, model)
+    facts["dataset"] = facts.get("dataset") or dataset
     typer.echo(f"PixelNet serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
     app = create_app(net, config, facts=facts, examples=examples, example_labels=example_labels)
     uvicorn.run(app, host=host, port=port, log_level="warning")
