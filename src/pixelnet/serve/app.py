@@ -43,7 +43,7 @@ from pixelnet.sampling import complete as complete_images
 from pixelnet.sampling import sample_fast, sampling_noise
 from pixelnet.stages.sample import sample_labels
 
-MAX_N = 64  # images per request: a 2-core CPU draws 64 of the default model in about a second
+MAX_N = 64  # images per request: enough for a screenful, few enough to stay live on a laptop CPU
 MAX_COMPLETIONS = 16
 PAGE = Path(__file__).with_name("page.html")
 
