@@ -110,11 +110,16 @@ class Generator:
             raise bad_request("image", f"must hold whole levels 0 .. {c.levels - 1}")
         return torch.from_numpy(x.astype(np.uint8))[None]
 
-    def complete(self, req: CompleteRequest, on_row: Callable | None = None) -> torch.Tensor:
+    def completion_image(self, req: CompleteRequest) -> torch.Tensor:
+        """The request's checked image (1, C, H, W), or a 422 naming the field that is wrong."""
         self.check_label(req.label)
         image = self.given(req.image)
         if req.rows >= self.config.height:
             raise bad_request("rows", f"keeps every row: choose fewer than {self.config.height}")
+        return image
+
+    def complete(self, req: CompleteRequest, image: torch.Tensor, on_row: Callable | None = None) -> torch.Tensor:
+        """Completions (n, C, H, W) of `image` (from completion_image) below its top req.rows rows."""
         labels = None
         if self.config.conditional:
             labels = torch.tensor([req.label if req.label is not None else 0])
@@ -215,15 +220,12 @@ def create_app(model: torch.nn.Module, config: ModelConfig, *, facts: dict, exam
 
     @app.post("/api/complete")
     def complete(req: CompleteRequest) -> dict:
-        return {"images": gen.complete(req).tolist()}
+        return {"images": gen.complete(req, gen.completion_image(req)).tolist()}
 
     @app.post("/api/complete/stream")
     async def complete_stream(req: CompleteRequest, request: Request) -> StreamingResponse:
-        gen.check_label(req.label)
-        gen.given(req.image)
-        if req.rows >= config.height:
-            raise bad_request("rows", f"keeps every row: choose fewer than {config.height}")
-        return StreamingResponse(stream(request, lambda on_row: {"images": gen.complete(req, on_row).tolist()},
-                                        app.state.generations), media_type="text/event-stream")
+        image = gen.completion_image(req)  # a 422 before the stream starts
+        work = lambda on_row: {"images": gen.complete(req, image, on_row).tolist()}  # noqa: E731
+        return StreamingResponse(stream(request, work, app.state.generations), media_type="text/event-stream")
 
     return app

@@ -12,8 +12,8 @@ from pixelnet.command import model_file, run_command
 from pixelnet.errors import PixelNetError
 
 
-def model_facts(model: str, checkpoint: Path, metrics: Path | None) -> dict:
-    """What the page shows about the model: its source, and test bits/dim where known."""
+def model_facts(model: str, metrics: Path | None) -> dict:
+    """What the page shows about the model: its source, and its registry facts or evaluate's test bits/dim."""
     facts: dict = {"source": model}
     if model.startswith("models:/"):
         from pixelnet.tracking.registry import version_facts
@@ -21,9 +21,6 @@ def model_facts(model: str, checkpoint: Path, metrics: Path | None) -> dict:
         facts |= version_facts(model)
     elif metrics is not None and metrics.is_file():
         facts["test_bits_per_dim"] = json.loads(metrics.read_text()).get("test_bits_per_dim")
-    from pixelnet.checkpoint import read_checkpoint
-
-    facts.setdefault("dataset", read_checkpoint(checkpoint)["meta"].get("dataset"))
     return facts
 
 
@@ -66,7 +63,7 @@ def command(
         raise PixelNetError(f"--port {port} is not a port: choose one in 1 .. 65535")
     with model_file(model) as path:
         net, config = load_model(path)
-        facts = model_facts(model, path, metrics)
+        facts = model_facts(model, metrics)
     examples, example_labels, dataset = test_examples(Path(data), config, model)
     facts["dataset"] = facts.get("dataset") or dataset
     typer.echo(f"PixelNet serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
