@@ -71,16 +71,20 @@ def measure(overrides: list[str], *, params_path: Path, work: Path, temperatures
 
 
 def print_table(lines: list[dict]) -> None:
-    print(f"| {'config':58} | train min | epochs | img/s | test bits/dim | confident | entropy | Fréchet | classes/64 |")
-    print(f"|{'-' * 60}|----------:|-------:|------:|--------------:|----------:|--------:|--------:|-----------:|")
+    print(f"| {'config':58} | train min | epochs | img/s | test bits/dim | confident | label match | entropy | "
+          f"Fréchet | classes/64 |")
+    print(f"|{'-' * 60}|----------:|-------:|------:|--------------:|----------:|------------:|--------:|--------:|"
+          f"-----------:|")
     for r in lines:
+        match = f"{r['samples_label_match']:.1%}" if "samples_label_match" in r else "-"
         print(f"| {r['config']:58} | {r['train_minutes']:9.1f} | {r['epochs']:6d} | {r['images_per_s']:5.0f} | "
-              f"{r['test_bpd']:13.3f} | {r['samples_confident_fraction']:9.1%} | {r['samples_class_entropy_bits']:7.2f} | "
-              f"{r['samples_frechet_distance']:7.1f} | {r['samples_classes_in_first_64']:10d} |")
-    if lines:
-        r = lines[-1]
-        print(f"| {'real images (ceiling), levels ' + str(r['levels']):58} | {'':9} | {'':6} | {'':5} | {'':13} | "
-              f"{r['real_confident_fraction']:9.1%} | {r['real_class_entropy_bits']:7.2f} | "
+              f"{r['test_bpd']:13.3f} | {r['samples_confident_fraction']:9.1%} | {match:>11} | "
+              f"{r['samples_class_entropy_bits']:7.2f} | {r['samples_frechet_distance']:7.1f} | "
+              f"{r['samples_classes_in_first_64']:10d} |")
+    for levels in sorted({r["levels"] for r in lines}):
+        r = [r for r in lines if r["levels"] == levels][-1]
+        print(f"| {'real images (ceiling), levels ' + str(levels):58} | {'':9} | {'':6} | {'':5} | {'':13} | "
+              f"{r['real_confident_fraction']:9.1%} | {'':11} | {r['real_class_entropy_bits']:7.2f} | "
               f"{r['real_frechet_distance']:7.1f} | {r['real_classes_in_first_64']:10d} |")
 
 

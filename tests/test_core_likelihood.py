@@ -8,17 +8,23 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pixelnet.model.distributions import Softmax
 from pixelnet.model.likelihood import bits_per_dim, mean_nll_nats, nats_to_bits_per_dim, nll_nats
 from tests.conftest import model_config
+
+
+def softmax_of(logits: torch.Tensor) -> Softmax:
+    """The Softmax distribution that logits (B, levels, C, H, W) parameterize."""
+    return Softmax(levels=logits.shape[1], image_channels=logits.shape[2])
 
 
 @pytest.mark.parametrize("levels", [2, 4, 256])
 def test_uniform_logits_give_log2_levels(levels):
     x = torch.randint(0, levels, (3, 2, 4, 5))
     logits = torch.zeros(3, levels, 2, 4, 5)
-    total = float(nll_nats(logits, x))
+    total = float(nll_nats(softmax_of(logits), logits, x))
     assert bits_per_dim(total, 3, 2 * 4 * 5) == pytest.approx(math.log2(levels), abs=1e-6)
-    assert nats_to_bits_per_dim(float(mean_nll_nats(logits, x))) == pytest.approx(math.log2(levels), abs=1e-6)
+    assert nats_to_bits_per_dim(float(mean_nll_nats(softmax_of(logits), logits, x))) == pytest.approx(math.log2(levels), abs=1e-6)
 
 
 def test_known_small_case_by_hand():
@@ -29,9 +35,9 @@ def test_known_small_case_by_hand():
     x = torch.tensor([[[[1, 0]]], [[[0, 0]]]])
     # image 0: -ln(3/4) - ln(1/2); image 1: -ln(1/2) - ln(3/4)
     expected_nats = 2 * (-math.log(3 / 4) - math.log(1 / 2))
-    assert float(nll_nats(logits, x)) == pytest.approx(expected_nats, rel=1e-6)
+    assert float(nll_nats(softmax_of(logits), logits, x)) == pytest.approx(expected_nats, rel=1e-6)
     expected_bpd = expected_nats / (2 * 2 * math.log(2))
-    assert bits_per_dim(float(nll_nats(logits, x)), 2, 2) == pytest.approx(expected_bpd, rel=1e-6)
+    assert bits_per_dim(float(nll_nats(softmax_of(logits), logits, x)), 2, 2) == pytest.approx(expected_bpd, rel=1e-6)
 
 
 def tiny_conditional(n_classes: int = 3):

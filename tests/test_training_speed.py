@@ -49,5 +49,5 @@ def test_loss_on_rows_equals_cross_entropy_on_the_logits_as_shaped(channels_last
         model.memory_format = torch.contiguous_format
     x = torch.randint(0, 7, (2, 3, 5, 4))
     logits = model(x)
-    assert torch.allclose(mean_nll_nats(logits, x), F.cross_entropy(logits, x), atol=1e-6)
-    assert torch.allclose(nll_nats(logits, x), F.cross_entropy(logits, x, reduction="sum"), rtol=1e-6)
+    assert torch.allclose(mean_nll_nats(model.distribution, logits, x), F.cross_entropy(logits, x), atol=1e-6)
+    assert torch.allclose(nll_nats(model.distribution, logits, x), F.cross_entropy(logits, x, reduction="sum"), rtol=1e-6)

@@ -4,6 +4,7 @@
     build.py       build_model, the one constructor every command uses
     masks.py       autoregressive masks over raster order and colour channels
     layers.py      masked convolutions, the residual block, input scaling
+    distributions.py  the output distributions over intensities: softmax, discretized logistic mixture
     pixelcnn.py    PixelCNN
     gated.py       Gated PixelCNN
     likelihood.py  cross-entropy, bits/dim, the NLL of image sets

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pixelnet.schema import require
+
+if TYPE_CHECKING:  # the data stages read these configs without loading torch
+    from pixelnet.model.distributions import Distribution
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class ModelParams:
     first_kernel: int = 7
     kernel: int = 5
     norm: Literal["batch", "none"] = "batch"
+    # The output distribution over intensities (model/distributions.py) and its components.
+    head: Literal["softmax", "logistic_mixture"] = "softmax"
+    mixtures: int = 10
     # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
     conditional: bool | Literal["auto"] = "auto"
 
@@ -35,6 +41,7 @@ class ModelParams:
         s = self.SECTION
         require(self.channels >= 2 and self.channels % 2 == 0, s, "channels", "must be an even integer >= 2", self.channels)
         require(self.blocks >= 0, s, "blocks", "must be >= 0", self.blocks)
+        require(self.mixtures >= 1, s, "mixtures", "must be >= 1", self.mixtures)
         for key in ("first_kernel", "kernel"):
             k = getattr(self, key)
             require(k >= 1 and k % 2 == 1, s, key, "must be an odd integer >= 1 (masks need a centre tap)", k)
@@ -65,6 +72,13 @@ class ModelConfig(ModelParams):
         require(self.n_classes >= 0, s, "n_classes", "must be >= 0", self.n_classes)
         require(not self.conditional or self.n_classes >= 2, s, "conditional",
                 "needs a labelled dataset with at least 2 classes", self.n_classes)
+
+    def distribution(self) -> Distribution:
+        """The output distribution this config's network parameterizes."""
+        from pixelnet.model.distributions import make_distribution
+
+        return make_distribution(head=self.head, levels=self.levels, image_channels=self.image_channels,
+                                 mixtures=self.mixtures)
 
     @classmethod
     def for_data(cls, params: ModelParams, *, levels: int, image_channels: int, height: int, width: int,

@@ -88,7 +88,8 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        c, p, g = config.image_channels, config.channels, config.image_channels
+        self.distribution = config.distribution()
+        c, p, g = config.image_channels, config.channels, self.distribution.groups
         n_classes = config.n_classes if config.conditional else 0
         self.layers = nn.ModuleList(
             [GatedLayer(c, p, kernel_size=config.first_kernel, mask_type="A", groups=g, norm=config.norm,
@@ -100,16 +101,14 @@ class GatedPixelCNN(nn.Module):
             nn.ReLU(),
             MaskedConv2d(p, p, kernel_size=1, mask_type="B", groups=g),
             nn.ReLU(),
-            MaskedConv2d(p, c * config.levels, kernel_size=1, mask_type="B", groups=g),
+            MaskedConv2d(p, self.distribution.out_channels, kernel_size=1, mask_type="B", groups=g),
         )
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) integer levels -> logits (B, levels, C, H, W)."""
-        b, c, hgt, wid = x.shape
+        """x: (B, C, H, W) integer levels, labels (B,) when conditional -> the distribution's parameters."""
         v = h = scale_input(x, self.config.levels)
         skip = 0
         for layer in self.layers:
             v, h, s = layer(v, h, labels)
             skip = skip + s
-        out = self.head(skip).view(b, c, self.config.levels, hgt, wid)  # grouped by image channel
-        return out.transpose(1, 2)  # (B, levels, C, H, W)
+        return self.distribution.arrange(self.head(skip))

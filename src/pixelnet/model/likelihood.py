@@ -3,8 +3,9 @@
 A "dimension" is one sub-pixel, so an image of C x H x W has C*H*W of them.
 bits/dim = total negative log-likelihood in nats / (N * C * H * W * ln 2),
 with no dequantization offset: the model is a discrete distribution over
-`levels` values, and these are exact discrete log-likelihoods.  Training's
-loss, validation, evaluate and the registered model all go through `nll_nats`.
+`levels` values (either output distribution, model/distributions.py), and
+these are exact discrete log-likelihoods.  Training's loss, validation,
+evaluate and the registered model all go through `nll_nats`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from pixelnet.model.distributions import Distribution
 
 
 def is_conditional(model: nn.Module) -> bool:
@@ -24,21 +26,19 @@ def forward(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> t
     return model(x) if labels is None else model(x, labels)
 
 
-def nll_nats(logits: torch.Tensor, x: torch.Tensor, *, reduction: str = "sum") -> torch.Tensor:
-    """Cross-entropy in nats of levels x (B, C, H, W) under logits (B, levels, C, H, W).
+def nll_nats(distribution: Distribution, out: torch.Tensor, x: torch.Tensor, *, reduction: str = "sum"
+             ) -> torch.Tensor:
+    """NLL in nats of levels x (B, C, H, W) under a network's output `out` for its `distribution`.
 
-    reduction: "sum" (the NLL of the batch), "mean" over sub-pixels, or "none" (B * H * W * C values, pixel-major).
-    A channels-last head stores the logits as (B, H, W, C, levels), so the permute
-    below is a view and the softmax runs over contiguous rows; strided logits are copied once.
+    reduction: "sum" (the NLL of the batch), "mean" over sub-pixels, or "none" (B * H * W * C values,
+    pixel-major, each -log p(sub-pixel | everything before it)).
     """
-    levels = logits.shape[1]
-    flat = logits.permute(0, 3, 4, 2, 1).reshape(-1, levels)  # (B * H * W * C, levels)
-    return F.cross_entropy(flat.float(), x.permute(0, 2, 3, 1).reshape(-1).long(), reduction=reduction)
+    return distribution.nll(out, x, reduction=reduction)
 
 
-def mean_nll_nats(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def mean_nll_nats(distribution: Distribution, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """NLL in nats averaged over every sub-pixel: the training loss."""
-    return nll_nats(logits, x, reduction="mean")
+    return distribution.nll(out, x, reduction="mean")
 
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:
@@ -62,7 +62,7 @@ def total_nll_nats(
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         y = labels[start:start + batch_size].to(device) if labels is not None and is_conditional(model) else None
-        total += float(nll_nats(forward(model, x, y), x, reduction="sum"))
+        total += float(nll_nats(model.distribution, forward(model, x, y), x, reduction="sum"))
     model.train(was_training)
     return total
 
@@ -80,7 +80,7 @@ def marginal_nll_nats(model: nn.Module, images: torch.Tensor, *, prior: torch.Te
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
-        per_class = [nll_nats(model(x, torch.full((len(x),), k, device=device, dtype=torch.long)), x, reduction="none")
+        per_class = [nll_nats(model.distribution, model(x, torch.full((len(x),), k, device=device, dtype=torch.long)), x, reduction="none")
                      .view(len(x), -1).double().sum(dim=1) for k in range(len(prior))]  # each (B,): -log p(x | k)
         out.append(-torch.logsumexp(log_prior - torch.stack(per_class, dim=1), dim=1))
     model.train(was_training)

@@ -2,9 +2,10 @@
 
 `sample_fast` takes the same arguments as `naive.sample_naive` and returns
 the same images: it draws every sub-pixel with the same `draw` from the same
-noise, from logits that equal the full forward pass's up to float rounding.
-Instead of one forward pass per sub-pixel it asks the model's incremental
-form (`incremental`) for the logits of one sub-pixel at a time: about one
+noise, from a distribution whose parameters equal the full forward pass's up
+to float rounding.  Instead of one forward pass per sub-pixel it asks the
+model's incremental form (`incremental`) for the head's output at one
+position (and colour group) at a time: about one
 forward pass of arithmetic in total, plus a fixed overhead per sub-pixel.
 A conditional model takes its class `labels`, as in sample_naive.
 
@@ -38,8 +39,12 @@ class Incremental(Protocol):
     def begin_row(self, i: int) -> None:
         """Called before the first sub-pixel of row i; rows < i are final."""
 
-    def logits(self, i: int, j: int, ch: int) -> torch.Tensor:
-        """Logits (N, levels) of sub-pixel (i, j, ch), given everything written before it."""
+    def output(self, i: int, j: int, g: int) -> torch.Tensor:
+        """The head's outputs (N, P / groups) of mask group g at (i, j), given everything written before it.
+
+        A softmax's groups are the image channels: group g's output is channel g's logits.  A
+        logistic mixture has one group, the whole pixel's parameters, asked for once per pixel.
+        """
 
     def write(self, i: int, j: int, ch: int, value: torch.Tensor) -> None:
         """Record the level (N,) chosen for sub-pixel (i, j, ch)."""
@@ -89,6 +94,7 @@ def sample_fast(
     n, c, h, w = noise.shape
     device = next(model.parameters()).device
     form = incremental(model, n, labels)
+    dist = model.distribution
     x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
     if given is not None:
         x[:, :, :start_row] = given[:, :, :start_row].to(device)
@@ -99,7 +105,9 @@ def sample_fast(
         form.begin_row(i)
         for j in range(w):
             for ch in range(c):
-                value = draw(form.logits(i, j, ch), noise[:, ch, i, j], temperature)
+                if ch < dist.groups:  # a whole-pixel distribution's parameters are computed once per pixel
+                    params = form.output(i, j, ch)
+                value = draw(dist.level_logits(params, x[:, :, i, j], ch, temperature), noise[:, ch, i, j])
                 x[:, ch, i, j] = value
                 form.write(i, j, ch, value)
         if on_row is not None:

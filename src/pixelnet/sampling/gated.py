@@ -11,10 +11,11 @@ The two stacks split the work by rows (see model/gated.py):
   over a one-row cache per layer (columns j - r .. j), plus the skips and
   the head.
 
-Colour: each step recomputes every feature at (i, j).  Features of groups
+Colour, softmax head: each step recomputes every feature at (i, j).  Features of groups
 later than the channel being drawn then hold values computed before that
 channel was written, but the masks give them zero weight in its logits,
-and they are recomputed at the step of their own channel.
+and they are recomputed at the step of their own channel.  A logistic mixture
+has one mask group: its step runs once per pixel, before R is drawn.
 
 BatchNorm (eval) after the residual 1x1 is folded into it, in float64 (fold.py).
 """
@@ -65,6 +66,7 @@ class GatedIncremental:
             raise ValueError("put the model in eval mode (model.eval()) before sampling")
         cfg = model.config
         self.n, self.levels, self.c, self.height, self.width = n, cfg.levels, cfg.image_channels, cfg.height, cfg.width
+        self.per_group = model.distribution.out_channels // model.distribution.groups
         device, dtype = model.head[1].weight.device, model.head[1].weight.dtype
         self.layers = [
             _Layer(layer, layer.embed(labels.to(device)) if layer.embed is not None else None)
@@ -114,7 +116,8 @@ class GatedIncremental:
             self.vh = [L.v_to_h[1].expand(self.n, self.width, -1) for L in self.layers]
         self.h_row[0][:, self.r0:] = self.image[:, :, i].transpose(1, 2)
 
-    def logits(self, i: int, j: int, ch: int) -> torch.Tensor:
+    def output(self, i: int, j: int, g: int) -> torch.Tensor:
+        """The head's group-g outputs (N, P / groups) at (i, j): a softmax's channel-g logits, or a pixel's mixture."""
         skip = None
         for k, L in enumerate(self.layers):
             row = self.h_row[k]
@@ -122,8 +125,8 @@ class GatedIncremental:
             pre = torch.addmm(L.h_bias + self.vh[k][:, j], window, L.h_weight)  # (N, 2p); bias broadcast per image
             if L.cond_h is not None:
                 pre = pre + L.cond_h
-            a, g = pre.chunk(2, dim=1)
-            gated = torch.tanh(a) * torch.sigmoid(g)  # (N, p)
+            a, b = pre.chunk(2, dim=1)
+            gated = torch.tanh(a) * torch.sigmoid(b)  # (N, p)
             s = torch.addmm(L.skip[1], gated, L.skip[0])
             skip = s if skip is None else skip + s
             new = torch.addmm(L.out[1], gated, L.out[0])
@@ -133,8 +136,8 @@ class GatedIncremental:
                 self.h_row[k + 1][:, j + nxt.r] = h
         (w1, b1), (w2, b2) = self.head
         hidden = torch.addmm(b1, F.relu(skip), w1).relu_()
-        out = torch.addmm(b2, hidden, w2)  # (N, C * levels), grouped by image channel
-        return out[:, ch * self.levels:(ch + 1) * self.levels]
+        out = torch.addmm(b2, hidden, w2)  # (N, P), grouped by mask group
+        return out[:, g * self.per_group:(g + 1) * self.per_group]
 
     def write(self, i: int, j: int, ch: int, value: torch.Tensor) -> None:
         v = scale_input(value, self.levels)

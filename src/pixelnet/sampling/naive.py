@@ -2,7 +2,8 @@
 
 Randomness is drawn up front as one tensor of uniforms per sub-pixel
 (`sampling_noise`), and each sub-pixel is chosen by inverse-CDF lookup
-(`draw`).  Any sampler that produces the same logits therefore produces the
+(`draw`) in its distribution over levels given everything drawn before it
+(the output distribution's `level_logits`, which applies the temperature).  Any sampler that produces the same logits therefore produces the
 same images from the same seed, which is what lets a faster sampler be
 checked image for image against `sample_naive`, the reference.
 """
@@ -23,9 +24,9 @@ def sampling_noise(n: int, channels: int, height: int, width: int, *, seed: int)
     return torch.rand(n, channels, height, width, generator=gen, dtype=torch.float64)
 
 
-def draw(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Inverse-CDF sample. logits (B, levels), u (B,) uniforms -> (B,) int64 levels."""
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
+def draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sample. logits (B, levels), e.g. a distribution's `level_logits`; u (B,) uniforms -> (B,) int64 levels."""
+    probs = torch.softmax(logits.double(), dim=-1)
     cdf = probs.cumsum(dim=-1)
     idx = torch.searchsorted(cdf, u.to(cdf.dtype).contiguous().unsqueeze(-1)).squeeze(-1)
     return idx.clamp_(max=logits.shape[-1] - 1)
@@ -51,6 +52,7 @@ def sample_naive(
     """
     n, c, h, w = noise.shape
     device = next(model.parameters()).device
+    dist = model.distribution
     x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
     labels = labels.to(device) if labels is not None else None
     if given is not None:
@@ -59,6 +61,7 @@ def sample_naive(
     for i in progress(rows) if progress else rows:
         for j in range(w):
             for ch in range(c):
-                logits = (model(x) if labels is None else model(x, labels))[:, :, ch, i, j]  # (N, levels)
-                x[:, ch, i, j] = draw(logits, noise[:, ch, i, j].to(device), temperature)
+                params = dist.at(model(x) if labels is None else model(x, labels), i, j, ch)
+                logits = dist.level_logits(params, x[:, :, i, j], ch, temperature)  # (N, levels)
+                x[:, ch, i, j] = draw(logits, noise[:, ch, i, j].to(device))
     return x.to(torch.uint8).cpu()

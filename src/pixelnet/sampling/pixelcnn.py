@@ -13,12 +13,13 @@ computes only position (i, j) through the network at each step:
 - per step, each k x k layer adds the centre-row taps (columns j - p .. j,
   a view of its cache) with one matmul, and 1x1 layers are one matmul each.
 
-Colour: within a pixel R, G, B are drawn in turn, and the masks let feature
+Colour, softmax head: within a pixel R, G, B are drawn in turn, and the masks let feature
 group g see image channels < g (first layer) or feature groups <= g (later
 layers) at the centre.  Step g therefore computes only group g's features
 of every layer; groups < g at (i, j) were final after step g - 1, and
 groups > g hold stale values that the masks multiply by zero.  A colour
-pixel costs what a grayscale one does.
+pixel costs what a grayscale one does.  A logistic mixture has one group
+(model/distributions.py), computed once per pixel before its R is drawn.
 
 BatchNorm (eval) is folded into the conv before it, in float64 (fold.py); the logits
 then agree with the model's forward pass to float32 rounding.  A conditional
@@ -100,7 +101,7 @@ class PixelCNNIncremental:
         if model.embed is not None and labels is None:
             raise ValueError("a conditional model needs labels (N,) to sample")
         cfg = model.config
-        self.levels, self.groups = cfg.levels, cfg.image_channels
+        self.levels, self.groups = cfg.levels, model.distribution.groups
         self.n, self.height, self.width = n, cfg.height, cfg.width
         weight = model.input_conv.weight
         device, dtype = weight.device, weight.dtype
@@ -195,8 +196,8 @@ class PixelCNNIncremental:
         per_layer = [self._row_views(conv, cache, i, a) for conv, cache, a in zip(convs, caches, above)]
         self.row = [[views[g] for views in per_layer] for g in range(self.groups)]
 
-    def logits(self, i: int, j: int, g: int) -> torch.Tensor:
-        """Logits (N, levels) of sub-pixel (i, j, g); needs begin_row(i) and every earlier write.
+    def output(self, i: int, j: int, g: int) -> torch.Tensor:
+        """The head's group-g outputs (N, P / groups) at (i, j); needs begin_row(i) and every earlier write.
 
         Computes group g's features of every layer at (i, j).  `out=` views
         write into the buffers' group-g columns, or into the k x k layer's cache.
@@ -214,7 +215,7 @@ class PixelCNNIncremental:
             addmm(stream_in, mid_all, w3, out=stream_next).add_(b3)
         stream, w1, b1, hidden_out, hidden, w2, b2 = plan[-1]
         addmm(b1, relu(stream), w1, out=hidden_out).relu_()
-        return addmm(b2, hidden, w2)  # (N, levels)
+        return addmm(b2, hidden, w2)  # (N, P / groups): a softmax's channel-g logits, or a whole pixel's mixture
 
     def write(self, i: int, j: int, g: int, value: torch.Tensor) -> None:
         """Sub-pixel (i, j, g) is now `value` (N,) levels."""

@@ -59,8 +59,8 @@ class PixelNetPyfunc:
         with torch.no_grad():
             for i in range(len(x)):
                 xi = x[i:i + 1]
-                logits = self.model(xi, torch.as_tensor([labels[i]])) if labels is not None else self.model(xi)
-                scores.append(bits_per_dim(float(nll_nats(logits, xi, reduction="sum")), 1, dims))
+                out = self.model(xi, torch.as_tensor([labels[i]])) if labels is not None else self.model(xi)
+                scores.append(bits_per_dim(float(nll_nats(self.model.distribution, out, xi, reduction="sum")), 1, dims))
         return np.asarray(scores)
 
 

@@ -38,6 +38,7 @@ validates and saves; decisions that depend on its clock are broadcast.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -106,7 +107,7 @@ def batches_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // batch_size)
 
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, x) -> mean NLL in nats
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (network output, x) -> mean NLL in nats
 
 
 class TrainStep:
@@ -116,10 +117,12 @@ class TrainStep:
     itself, whose weights the EMA averages (default: `model`).
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss = mean_nll_nats,
+    def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss | None = None,
                  module: nn.Module | None = None) -> None:
         self.model = model
         self.module = model if module is None else module
+        if loss is None:  # the NLL under the network's own output distribution
+            loss = functools.partial(mean_nll_nats, self.module.distribution)
         self.opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
         warmup = round(cfg.warmup_fraction * total_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -130,8 +133,8 @@ class TrainStep:
 
         def loss_of(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                logits = forward(model, x, labels)
-            return loss(logits.float(), x)  # float32 loss (.float() is a no-op on float32 logits)
+                out = forward(model, x, labels)
+            return loss(out.float(), x)  # float32 loss (.float() is a no-op on float32 outputs)
 
         self.loss_of = torch.compile(loss_of) if cfg.compile else loss_of
 

@@ -1,0 +1,204 @@
+"""The output distributions over intensities: what a network's last conv parameterizes (model.head).
+
+Two distributions, one interface, so the likelihood, both samplers and both
+architectures treat them alike:
+
+- `Softmax`: a categorical over the `levels` of every sub-pixel, `levels`
+  logits each (the seed's model, and the textbook's).  Colour is causal through
+  the masks: the features of image channel g see channels < g of the current
+  pixel (masks.py), so a pixel's logits come in C groups.
+- `LogisticMixture`: the discretized mixture of logistics of PixelCNN++
+  (Salimans et al. 2017; openai/pixel-cnn `discretized_mix_logistic_loss`).
+  For each pixel, K components, each with a mean and a log-scale per channel
+  and, for RGB, coefficients that move G's mean by R and B's by R and G:
+
+      mean_G = mu_G + alpha * R,  mean_B = mu_B + beta * R + gamma * G   (R, G in [-1, 1])
+
+  p(r, g, b) = sum_k pi_k p_k(r) p_k(g | r) p_k(b | r, g).  The network sees
+  none of the current pixel (one mask group), so its 3K (gray) or 10K (RGB)
+  outputs a pixel are the whole pixel's distribution.
+
+Discretization: level l sits at v = 2l / (levels - 1) - 1 (layers.scale_input)
+and owns the bin [v - d, v + d], d = 1 / (levels - 1); the first and last bins
+are open to -inf and +inf, so the probabilities of all levels sum to 1 exactly.
+log(sigma(b) - sigma(a)) is computed in closed form (`log_sigmoid_diff`),
+stable in float32 for any bin, so there is no approximation where openai's
+code switches to the density at the bin centre.
+
+Per sub-pixel: the samplers draw R, then G, then B.  Each channel's
+distribution over levels given the channels already drawn is exact:
+p(g | r) = sum_k w_k(r) p_k(g | r) with posterior weights w_k(r) ~ pi_k p_k(r)
+(`level_logits`), and the NLL of a pixel is the sum of these conditionals,
+which is -log p(r, g, b).
+
+Temperature T (sampling only): `Softmax` divides the logits by T.
+`LogisticMixture` divides the component logits by T and multiplies every
+logistic's scale by T, leaving the means where they are: T < 1 picks likelier
+components more often and narrows each around its mean; T = 1 is the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+LOG_SCALE_MIN = -7.0  # log-scales are clamped here (as openai's code): a scale of 0.0009, well inside one bin at 256 levels
+
+
+def log_sigmoid_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(b) - sigmoid(a)) for b > a, stable everywhere.
+
+    sigmoid(b) - sigmoid(a) = sinh((b - a) / 2) / (2 cosh(a / 2) cosh(b / 2)); with y = (b - a) / 2,
+    log sinh(y) = y + log(-expm1(-2y)) - log 2 and log cosh(z / 2) = |z| / 2 + softplus(-|z|) - log 2.
+    """
+    y = (b - a) / 2
+    return y + torch.log(-torch.expm1(-2 * y)) - (a.abs() + b.abs()) / 2 - F.softplus(-a.abs()) - F.softplus(-b.abs())
+
+
+def log_bin_probs(level: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, *, levels: int) -> torch.Tensor:
+    """log P(level) under logistic(mean, exp(log_scale)) discretized to `levels` bins (broadcasting)."""
+    half = 1.0 / (levels - 1)
+    inv_scale = torch.exp(-log_scale)
+    centre = level.to(mean.dtype) * (2 * half) - 1 - mean
+    lower = (centre - half) * inv_scale  # the bin's edges, standardized
+    upper = (centre + half) * inv_scale
+    inner = log_sigmoid_diff(lower, upper)
+    return torch.where(level == 0, F.logsigmoid(upper), torch.where(level == levels - 1, F.logsigmoid(-lower), inner))
+
+
+def reduce(nats: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return nats.sum()
+    if reduction == "mean":
+        return nats.mean()
+    if reduction == "none":
+        return nats
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+class Softmax:
+    """A `levels`-way categorical per sub-pixel; the network's output is (B, levels, C, H, W) logits."""
+
+    name = "softmax"
+
+    def __init__(self, *, levels: int, image_channels: int) -> None:
+        self.levels, self.image_channels = levels, image_channels
+        self.groups = image_channels  # mask groups: channel g's logits see channels < g of the pixel
+        self.out_channels = image_channels * levels  # the last conv's outputs, grouped by image channel
+
+    def arrange(self, out: torch.Tensor) -> torch.Tensor:
+        """The last conv's (B, C * levels, H, W) -> logits (B, levels, C, H, W), what F.cross_entropy takes."""
+        b, _, h, w = out.shape
+        return out.view(b, self.image_channels, self.levels, h, w).transpose(1, 2)
+
+    def nll(self, out: torch.Tensor, x: torch.Tensor, *, reduction: str = "sum") -> torch.Tensor:
+        """-log p in nats of levels x (B, C, H, W), float32: summed, "mean" over sub-pixels, or "none".
+
+        "none" gives (B * H * W * C) values, pixel-major.  A channels-last network stores the logits as
+        (B, H, W, C, levels), so the permute below is a view and the softmax runs over contiguous rows;
+        strided logits are copied once.
+        """
+        flat = out.permute(0, 3, 4, 2, 1).reshape(-1, self.levels)  # (B * H * W * C, levels)
+        return F.cross_entropy(flat.float(), x.permute(0, 2, 3, 1).reshape(-1).long(), reduction=reduction)
+
+    def at(self, out: torch.Tensor, i: int, j: int, ch: int) -> torch.Tensor:
+        """What sub-pixel (i, j, ch) is drawn from: its logits (N, levels)."""
+        return out[:, :, ch, i, j]
+
+    def level_logits(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float) -> torch.Tensor:
+        """Float64 logits (N, levels) of sub-pixel ch at `temperature`; params (N, levels) from `at`."""
+        return params.double() / temperature
+
+
+class LogisticMixture:
+    """K discretized logistics per pixel, coupled across RGB; the network's output is (B, P, H, W) parameters.
+
+    P = K (component logits) + C K (means) + C K (log-scales) + C (C - 1) / 2 K (coefficients, RGB):
+    30 for gray and 100 for RGB at K = 10.  Along P: [logits | means (C, K) | log-scales (C, K) | coefficients].
+    """
+
+    name = "logistic_mixture"
+
+    def __init__(self, *, levels: int, image_channels: int, mixtures: int) -> None:
+        self.levels, self.image_channels, self.mixtures = levels, image_channels, mixtures
+        self.groups = 1  # the whole pixel's parameters come from features that see none of it
+        c = image_channels
+        self.n_coefficients = c * (c - 1) // 2
+        self.out_channels = mixtures * (1 + 2 * c + self.n_coefficients)
+
+    def arrange(self, out: torch.Tensor) -> torch.Tensor:
+        return out  # (B, P, H, W)
+
+    def unpack(self, params: torch.Tensor, temperature: float = 1.0):
+        """params (..., P) -> component log-weights (..., K), means and log-scales (..., C, K), coefficients."""
+        k, c = self.mixtures, self.image_channels
+        log_pi = F.log_softmax(params[..., :k] / temperature, dim=-1)
+        mu = params[..., k:k + c * k].unflatten(-1, (c, k))
+        log_scale = params[..., k + c * k:k + 2 * c * k].unflatten(-1, (c, k)).clamp(min=LOG_SCALE_MIN)
+        log_scale = log_scale + math.log(temperature)
+        coeff = torch.tanh(params[..., k + 2 * c * k:].unflatten(-1, (self.n_coefficients, k)))
+        return log_pi, mu, log_scale, coeff
+
+    def mean(self, mu: torch.Tensor, coeff: torch.Tensor, values: torch.Tensor, ch: int) -> torch.Tensor:
+        """Channel ch's component means (..., K), moved by the pixel's earlier channels values (..., C) in [-1, 1]."""
+        m = mu[..., ch, :]
+        for src in range(ch):
+            pair = ch * (ch - 1) // 2 + src  # (G from R), (B from R), (B from G): openai's order
+            m = m + coeff[..., pair, :] * values[..., src, None]
+        return m
+
+    def _component_log_probs(self, params: torch.Tensor, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """log pi_k + sum over channels <= c of log p_k(x_c | earlier): (..., C, K); params (..., P), x (..., C)."""
+        log_pi, mu, log_scale, coeff = self.unpack(params, temperature)
+        values = x.to(mu.dtype) * (2.0 / (self.levels - 1)) - 1.0
+        per_channel = torch.stack([
+            log_bin_probs(x[..., ch, None], self.mean(mu, coeff, values, ch), log_scale[..., ch, :], levels=self.levels)
+            for ch in range(self.image_channels)], dim=-2)  # (..., C, K)
+        return log_pi.unsqueeze(-2) + per_channel.cumsum(dim=-2)
+
+    def nll(self, out: torch.Tensor, x: torch.Tensor, *, reduction: str = "sum") -> torch.Tensor:
+        """-log p in nats of levels x (B, C, H, W), float32: summed, "mean" over sub-pixels, or "none".
+
+        "none" gives (B * H * W * C) values, pixel-major: -log p(x_c | the pixel's channels < c).  Summed
+        over a pixel's channels they are -log p(r, g, b), the whole pixel's mixture.
+        """
+        params = out.float().permute(0, 2, 3, 1)  # (B, H, W, P): a view for a channels-last network
+        joint = torch.logsumexp(self._component_log_probs(params, x.permute(0, 2, 3, 1).long()), dim=-1)  # (B, H, W, C)
+        per_sub_pixel = -torch.diff(joint, dim=-1, prepend=torch.zeros_like(joint[..., :1]))
+        return reduce(per_sub_pixel.reshape(-1), reduction)
+
+    def at(self, out: torch.Tensor, i: int, j: int, ch: int) -> torch.Tensor:
+        """What sub-pixel (i, j, ch) is drawn from: the whole pixel's parameters (N, P)."""
+        return out[:, :, i, j]
+
+    def level_logits(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float) -> torch.Tensor:
+        """Float64 log-probabilities (up to a constant) of each level of sub-pixel ch at `temperature`.
+
+        params (N, P) from `at`; pixel (N, C) levels, of which channels < ch are drawn.  The components
+        are weighted by their posterior given those channels, so this is p(x_ch | x_<ch) exactly.
+        """
+        params = params.double()
+        log_pi, mu, log_scale, coeff = self.unpack(params, temperature)
+        values = pixel.double() * (2.0 / (self.levels - 1)) - 1.0
+        log_w = log_pi
+        for src in range(ch):
+            log_w = log_w + log_bin_probs(pixel[:, src, None], self.mean(mu, coeff, values, src), log_scale[:, src],
+                                          levels=self.levels)
+        grid = torch.arange(self.levels, device=params.device)[None, :, None]  # (1, levels, 1)
+        lp = log_bin_probs(grid, self.mean(mu, coeff, values, ch)[:, None], log_scale[:, None, ch],
+                           levels=self.levels)  # (N, levels, K)
+        return torch.logsumexp(log_w[:, None] + lp, dim=-1)
+
+
+Distribution = Softmax | LogisticMixture
+
+
+def make_distribution(*, head: str, levels: int, image_channels: int, mixtures: int) -> Distribution:
+    """The output distribution model.head names."""
+    if head == "softmax":
+        return Softmax(levels=levels, image_channels=image_channels)
+    if head == "logistic_mixture":
+        return LogisticMixture(levels=levels, image_channels=image_channels, mixtures=mixtures)
+    raise ValueError(f"unknown head {head!r}")
