@@ -15,6 +15,7 @@ are compared (they must be identical).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -44,10 +45,10 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def random_textbook_size_model(seed: int) -> tuple[torch.nn.Module, ModelConfig]:
+def random_textbook_size_model(seed: int, head: str = "softmax") -> tuple[torch.nn.Module, ModelConfig]:
     """The textbook's model size (64 channels, 7 blocks, 7x7 then 3x3 kernels, 28x28, 256 levels), random weights."""
     torch.manual_seed(seed)
-    cfg = textbook_config()
+    cfg = dataclasses.replace(textbook_config(), head=head)
     return build_model(cfg).eval(), cfg
 
 
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for fast and forward")
     ap.add_argument("--textbook-n", type=int, default=0, help="also time the textbook's naive sampler at this n")
+    ap.add_argument("--head", default="softmax", choices=["softmax", "logistic_mixture"],
+                    help="the random-weight model's output distribution (a checkpoint has its own)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         model, cfg = load_model(a.checkpoint)
         source = str(a.checkpoint)
     else:
-        model, cfg = random_textbook_size_model(a.seed)
+        model, cfg = random_textbook_size_model(a.seed, a.head)
         source = "random weights"
     c, h, w = cfg.image_channels, cfg.height, cfg.width
     n_params = sum(p.numel() for p in model.parameters())
@@ -83,20 +86,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"model: {cfg.arch}, {cfg.channels} channels, {cfg.blocks} blocks, kernels {cfg.first_kernel}/{cfg.kernel}, "
-          f"norm {cfg.norm}, {c}x{h}x{w}, {cfg.levels} levels, {n_params:,} parameters ({source})\n")
+          f"norm {cfg.norm}, head {cfg.head}, {c}x{h}x{w}, {cfg.levels} levels, conditional {cfg.conditional}, "
+          f"{n_params:,} parameters ({source})\n")
     print("| n | naive s | fast s | naive / fast | forward s | fast / forward | identical |")
     print("|---:|---:|---:|---:|---:|---:|:---|")
     naive_by_n = {}
     for n in [int(s) for s in a.sizes.split(",")]:
         noise = sampling_noise(n, c, h, w, seed=a.seed)
         x = torch.randint(0, cfg.levels, (n, c, h, w), generator=torch.Generator().manual_seed(a.seed))
+        labels = torch.arange(n) % cfg.n_classes if cfg.conditional else None  # the classes in turn
         with torch.no_grad():
-            model(x)  # warm-up
-            forward, _ = timed(lambda: model(x), a.repeats)
-        fast, fast_images = timed(lambda: sample_fast(model, noise), a.repeats)
+            forward_pass = (lambda: model(x)) if labels is None else (lambda: model(x, labels))
+            forward_pass()  # warm-up
+            forward, _ = timed(forward_pass, a.repeats)
+        fast, fast_images = timed(lambda: sample_fast(model, noise, labels=labels), a.repeats)
         if n <= a.naive_max_n:
             print(f"(running naive n={n} ...)", file=sys.stderr, flush=True)
-            naive, naive_images = timed(lambda: sample_naive(model, noise), 1)
+            naive, naive_images = timed(lambda: sample_naive(model, noise, labels=labels), 1)
             naive_by_n[n] = naive
             cells = [f"{naive:.2f}", f"{fast:.3f}", f"{naive / fast:.0f}x",
                      "yes" if torch.equal(naive_images, fast_images) else "NO"]

@@ -43,11 +43,17 @@ def recomputed_test_bits_per_dim(d) -> tuple[float, float | None]:
     test = load_split(d / "processed", "test")
     x = test.images.long()
     dims = x.numel()
+
+    def nats(out):  # (N,) per image: cross-entropy of the logits; a mixture's own NLL (brute-forced in test_mixture.py)
+        if cfg.head == "softmax":
+            return F.cross_entropy(out, x, reduction="none").flatten(1).sum(1).double()
+        return model.distribution.nll(out, x, reduction="none").view(len(x), -1).sum(1).double()
+
     with torch.no_grad():
         if not cfg.conditional:
-            return float(F.cross_entropy(model(x), x, reduction="sum")) / (dims * math.log(2)), None
-        per_class = torch.stack([F.cross_entropy(model(x, torch.full((len(x),), k)), x, reduction="none")
-                                 .flatten(1).sum(1).double() for k in range(cfg.n_classes)], dim=1)  # (N, classes)
+            return float(nats(model(x)).sum()) / (dims * math.log(2)), None
+        per_class = torch.stack([nats(model(x, torch.full((len(x),), k))) for k in range(cfg.n_classes)],
+                                dim=1)  # (N, classes)
     prior = torch.tensor(read_checkpoint(d / "model.pt")["meta"]["class_prior"], dtype=torch.float64)
     marginal = -torch.logsumexp(prior.log() - per_class, dim=1).sum()
     given = per_class.gather(1, test.labels[:, None]).sum()
@@ -104,6 +110,8 @@ def assert_clean_error(result, *needles):
     ("data.dataset=imagenet", ["data.dataset must be one of", "'imagenet'"]),
     ("data.levels=1", ["data.levels must be between 2 and 256"]),
     ("model.kernel=4", ["model.kernel must be an odd integer"]),
+    ("model.head=gaussian", ["model.head must be one of", "logistic_mixture"]),
+    ("model.mixtures=0", ["model.mixtures must be >= 1"]),
     ("train.lr=fast", ["train.lr must be a number"]),
     ("train.epoch=3", ["unknown parameter train.epoch", "epochs"]),
 ])
@@ -150,8 +158,9 @@ def test_offline_download_names_the_default_and_the_folder(run_cli, tmp_path, ti
     assert not (tmp_path / "raw").exists()
 
 
-def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path):
-    """The colour path end to end: an RGB folder with classes, Gated PixelCNN, class-conditional."""
+@pytest.mark.parametrize("head", ["softmax", "logistic_mixture"])
+def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path, head):
+    """The colour path end to end: an RGB folder with classes, Gated PixelCNN, class-conditional, either head."""
     from tests.conftest import write_image_folder
 
     folder = write_image_folder(tmp_path / "rgb", mode="RGB", classes=("red", "green", "blue"), n_per_class=6)
@@ -159,7 +168,7 @@ def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path):
     write_params(
         params,
         "data: {dataset: folder, size: 6, levels: 4, val_fraction: 0.2, test_fraction: 0.2}\n"
-        "model: {arch: gated, conditional: true, channels: 12, blocks: 1, first_kernel: 3, kernel: 3}\n"
+        f"model: {{arch: gated, conditional: true, channels: 12, blocks: 1, first_kernel: 3, kernel: 3, head: {head}}}\n"
         "train: {epochs: 1, batch_size: 4, lr: 0.01, seed: 0, device: cpu}\n"
         "sample: {n: 6, temperature: 1.0, seed: 0}\n"
         "evaluate: {batch_size: 8, grid_n: 6}\n"

@@ -132,7 +132,7 @@ def _run_training(params: Params, model, train_split, val_split, *, device, dist
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss_bpd=f"{loss_bpd:.4f}", refresh=False)
 
-        def on_epoch(record: EpochRecord) -> None:
+        def on_epoch(record: EpochRecord, _validated) -> None:
             say(f"epoch {record.epoch}: train {record.train_bpd:.4f} bits/dim, "
                 f"val {record.val_bpd:.4f} bits/dim, {record.images_per_s:.0f} images/s")
 

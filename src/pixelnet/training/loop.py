@@ -60,7 +60,7 @@ from pixelnet.training.distributed import Dist
 from pixelnet.training.resume import EpochRecord, Progress, capture, finished, set_rng_state
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
-EpochCallback = Callable[[EpochRecord], None]
+EpochCallback = Callable[[EpochRecord, nn.Module], None]  # (the epoch, the model holding the weights it validated)
 
 
 def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int) -> float:
@@ -229,7 +229,7 @@ def fit(
                              progress.seen / seconds, step_fn.last_lr, elapsed)
         progress.history.append(record)
         if on_epoch:
-            on_epoch(record)
+            on_epoch(record, eval_model)
         progress = Progress(epoch=progress.epoch + 1, step=progress.step, elapsed=elapsed, order=order.get_state(),
                             history=progress.history)
         save(progress)
