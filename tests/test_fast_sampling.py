@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import pixelnet.sampling.fast as fast_sampling
 from pixelnet.checkpoint import save_checkpoint
 from pixelnet.sampling import sample_naive, sampling_noise
 from pixelnet.sampling.fast import incremental, sample_fast
@@ -55,13 +54,13 @@ def test_sampling_logits_match_full_forward(monkeypatch, case, start_row):
     model = random_model(**case)
     cfg = model.config
     seen = []
-    real_draw = fast_sampling.draw
+    real_level_logits = model.distribution.level_logits
 
-    def recording_draw(logits, u):
-        seen.append(logits.clone())
-        return real_draw(logits, u)
+    def recording_level_logits(params, pixel, ch, temperature):
+        seen.append(params.clone())  # what the draw of this sub-pixel reads: its (N, levels) logits
+        return real_level_logits(params, pixel, ch, temperature)
 
-    monkeypatch.setattr(fast_sampling, "draw", recording_draw)
+    monkeypatch.setattr(model.distribution, "level_logits", recording_level_logits)
     given = torch.randint(0, cfg.levels, (n, cfg.image_channels, cfg.height, cfg.width), generator=torch.Generator().manual_seed(3))
     images = sample_fast(model, sampling_noise(n, cfg.image_channels, cfg.height, cfg.width, seed=1),
                          given=given, start_row=start_row)
@@ -72,7 +71,7 @@ def test_sampling_logits_match_full_forward(monkeypatch, case, start_row):
     got = torch.stack(seen)
     assert got.shape == expected.shape
     assert full.abs().max() > 1.0  # logits of a useful size, so that 1e-4 is a real bound
-    torch.testing.assert_close(got, expected.double(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
 def teacher_forced_logits(model, x, labels=None):

@@ -231,3 +231,20 @@ def test_low_temperature_keeps_the_means_and_narrows_around_them():
         assert mean_level == pytest.approx(191.25, abs=3.0)  # the mean stays
         widths.append(float(probs[181:202].sum()))
     assert widths[0] < widths[1] < widths[2] and widths[2] > 0.9
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_draw_is_the_inverse_cdf_of_the_level_distribution(channels):
+    """The mixture's draw (its CDF at the bin edges) picks the level the softmax of level_logits would."""
+    dist = LogisticMixture(levels=256, image_channels=channels, mixtures=4)
+    gen = torch.Generator().manual_seed(0)
+    params = torch.randn(500, dist.out_channels, generator=gen) * 2
+    pixel = torch.randint(0, 256, (500, channels), generator=gen)
+    u = torch.rand(500, generator=gen, dtype=torch.float64)
+    for ch in range(channels):
+        for t in (1.0, 0.6):
+            cdf = torch.softmax(dist.level_logits(params, pixel, ch, t), dim=-1).cumsum(dim=-1)
+            expected = torch.searchsorted(cdf, u[:, None]).squeeze(-1).clamp(max=255)
+            got = dist.draw(params, pixel, ch, u, t)
+            assert torch.equal(got, expected)
+            assert len(got.unique()) > 50  # draws spread over the levels, not a constant

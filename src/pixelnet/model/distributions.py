@@ -31,6 +31,13 @@ p(g | r) = sum_k w_k(r) p_k(g | r) with posterior weights w_k(r) ~ pi_k p_k(r)
 (`level_logits`), and the NLL of a pixel is the sum of these conditionals,
 which is -log p(r, g, b).
 
+Drawing (`draw`): every sampler draws sub-pixel ch by inverse CDF at a
+given uniform u, from the same function of the network's output, so the naive
+and the cached samplers draw the same images from the same noise.  The softmax
+cumulates its probabilities; the mixture evaluates its CDF at the levels'
+upper bin edges directly, sum_k w_k sigmoid((edge - mean_k) / s_k), which
+costs K sigmoids a level instead of the logs and sums of `level_logits`.
+
 Temperature T (sampling only): `Softmax` divides the logits by T.
 `LogisticMixture` divides the component logits by T and multiplies every
 logistic's scale by T, leaving the means where they are: T < 1 picks likelier
@@ -111,6 +118,18 @@ class Softmax:
         """Float64 logits (N, levels) of sub-pixel ch at `temperature`; params (N, levels) from `at`."""
         return params.double() / temperature
 
+    def draw(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, u: torch.Tensor, temperature: float
+             ) -> torch.Tensor:
+        """Inverse-CDF draw of sub-pixel ch: params (N, levels) from `at`, u (N,) uniforms -> (N,) int64 levels."""
+        probs = torch.softmax(self.level_logits(params, pixel, ch, temperature), dim=-1)
+        return inverse_cdf(probs.cumsum(dim=-1), u, levels=self.levels)
+
+
+def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor, *, levels: int) -> torch.Tensor:
+    """The first level whose CDF reaches u: cdf (N, levels), or (N, levels - 1) without the last level's 1; u (N,)."""
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype).contiguous().unsqueeze(-1)).squeeze(-1)
+    return idx.clamp_(max=levels - 1)
+
 
 class LogisticMixture:
     """K discretized logistics per pixel, coupled across RGB; the network's output is (B, P, H, W) parameters.
@@ -173,11 +192,11 @@ class LogisticMixture:
         """What sub-pixel (i, j, ch) is drawn from: the whole pixel's parameters (N, P)."""
         return out[:, :, i, j]
 
-    def level_logits(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float) -> torch.Tensor:
-        """Float64 log-probabilities (up to a constant) of each level of sub-pixel ch at `temperature`.
+    def _conditional(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float):
+        """Sub-pixel ch's components given the pixel's channels < ch: log-weights, means, log-scales (N, K) each.
 
-        params (N, P) from `at`; pixel (N, C) levels, of which channels < ch are drawn.  The components
-        are weighted by their posterior given those channels, so this is p(x_ch | x_<ch) exactly.
+        params (N, P) from `at`; pixel (N, C) levels, of which channels < ch are drawn.  The weights are the
+        components' posterior given those channels (not normalized), so the mixture is p(x_ch | x_<ch) exactly.
         """
         params = params.double()
         log_pi, mu, log_scale, coeff = self.unpack(params, temperature)
@@ -186,10 +205,27 @@ class LogisticMixture:
         for src in range(ch):
             log_w = log_w + log_bin_probs(pixel[:, src, None], self.mean(mu, coeff, values, src), log_scale[:, src],
                                           levels=self.levels)
+        return log_w, self.mean(mu, coeff, values, ch), log_scale[:, ch]
+
+    def level_logits(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float) -> torch.Tensor:
+        """Float64 log-probabilities (up to a constant) of each level of sub-pixel ch at `temperature`, (N, levels)."""
+        log_w, mean, log_scale = self._conditional(params, pixel, ch, temperature)
         grid = torch.arange(self.levels, device=params.device)[None, :, None]  # (1, levels, 1)
-        lp = log_bin_probs(grid, self.mean(mu, coeff, values, ch)[:, None], log_scale[:, None, ch],
-                           levels=self.levels)  # (N, levels, K)
+        lp = log_bin_probs(grid, mean[:, None], log_scale[:, None], levels=self.levels)  # (N, levels, K)
         return torch.logsumexp(log_w[:, None] + lp, dim=-1)
+
+    def cdf(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float) -> torch.Tensor:
+        """P(x_ch <= l | x_<ch) for l = 0 .. levels - 2 (the last is 1), float64 (N, levels - 1)."""
+        log_w, mean, log_scale = self._conditional(params, pixel, ch, temperature)
+        half = 1.0 / (self.levels - 1)
+        upper = torch.arange(self.levels - 1, device=params.device, dtype=torch.float64) * (2 * half) - 1 + half
+        z = (upper[None, :, None] - mean[:, None]) * torch.exp(-log_scale)[:, None]  # (N, levels - 1, K)
+        return torch.bmm(torch.sigmoid(z), torch.softmax(log_w, dim=-1)[:, :, None])[:, :, 0]
+
+    def draw(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, u: torch.Tensor, temperature: float
+             ) -> torch.Tensor:
+        """Inverse-CDF draw of sub-pixel ch given the pixel's channels < ch: u (N,) uniforms -> (N,) int64 levels."""
+        return inverse_cdf(self.cdf(params, pixel, ch, temperature), u, levels=self.levels)
 
 
 Distribution = Softmax | LogisticMixture

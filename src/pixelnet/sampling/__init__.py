@@ -1,6 +1,6 @@
 """Generation, pixel by pixel: the naive reference sampler and the exact cached one.
 
-    naive.py     the noise, the inverse-CDF draw, and one full forward pass per sub-pixel (the reference)
+    naive.py     the noise, and one full forward pass per sub-pixel (the reference)
     fast.py      the cached engine: sample_fast and complete, over an architecture's incremental form
     pixelcnn.py  the incremental form of PixelCNN
     gated.py     the incremental form of Gated PixelCNN
@@ -10,6 +10,6 @@ Both samplers draw the same images from the same noise (tests/test_fast_sampling
 """
 
 from pixelnet.sampling.fast import complete, sample_fast, supports
-from pixelnet.sampling.naive import draw, sample_naive, sampling_noise
+from pixelnet.sampling.naive import sample_naive, sampling_noise
 
-__all__ = ["complete", "draw", "sample_fast", "sample_naive", "sampling_noise", "supports"]
+__all__ = ["complete", "sample_fast", "sample_naive", "sampling_noise", "supports"]

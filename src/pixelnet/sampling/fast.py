@@ -1,7 +1,7 @@
 """Fast exact sampling with per-layer caches, and image completion.
 
 `sample_fast` takes the same arguments as `naive.sample_naive` and returns
-the same images: it draws every sub-pixel with the same `draw` from the same
+the same images: it draws every sub-pixel with the distribution's same `draw` from the same
 noise, from a distribution whose parameters equal the full forward pass's up
 to float rounding.  Instead of one forward pass per sub-pixel it asks the
 model's incremental form (`incremental`) for the head's output at one
@@ -26,7 +26,7 @@ from torch import nn
 from pixelnet.model.gated import GatedPixelCNN
 from pixelnet.model.pixelcnn import PixelCNN
 from pixelnet.sampling.gated import GatedIncremental
-from pixelnet.sampling.naive import RowWrapper, draw, sampling_noise
+from pixelnet.sampling.naive import RowWrapper, sampling_noise
 from pixelnet.sampling.pixelcnn import PixelCNNIncremental
 
 
@@ -107,7 +107,7 @@ def sample_fast(
             for ch in range(c):
                 if ch < dist.groups:  # a whole-pixel distribution's parameters are computed once per pixel
                     params = form.output(i, j, ch)
-                value = draw(dist.level_logits(params, x[:, :, i, j], ch, temperature), noise[:, ch, i, j])
+                value = dist.draw(params, x[:, :, i, j], ch, noise[:, ch, i, j], temperature)
                 x[:, ch, i, j] = value
                 form.write(i, j, ch, value)
         if on_row is not None:

@@ -1,9 +1,10 @@
 """Generation: pixel by pixel, channel by channel, from the model's distributions.
 
 Randomness is drawn up front as one tensor of uniforms per sub-pixel
-(`sampling_noise`), and each sub-pixel is chosen by inverse-CDF lookup
-(`draw`) in its distribution over levels given everything drawn before it
-(the output distribution's `level_logits`, which applies the temperature).  Any sampler that produces the same logits therefore produces the
+(`sampling_noise`), and each sub-pixel is chosen by inverse-CDF lookup in its
+distribution over levels given everything drawn before it (the output
+distribution's `draw`, model/distributions.py, which applies the temperature).
+Any sampler that computes the same network outputs therefore produces the
 same images from the same seed, which is what lets a faster sampler be
 checked image for image against `sample_naive`, the reference.
 """
@@ -22,14 +23,6 @@ def sampling_noise(n: int, channels: int, height: int, width: int, *, seed: int)
     """Uniforms in [0, 1), float64, shaped (n, C, H, W): one per sub-pixel to draw."""
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, channels, height, width, generator=gen, dtype=torch.float64)
-
-
-def draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sample. logits (B, levels), e.g. a distribution's `level_logits`; u (B,) uniforms -> (B,) int64 levels."""
-    probs = torch.softmax(logits.double(), dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, u.to(cdf.dtype).contiguous().unsqueeze(-1)).squeeze(-1)
-    return idx.clamp_(max=logits.shape[-1] - 1)
 
 
 @torch.no_grad()
@@ -62,6 +55,5 @@ def sample_naive(
         for j in range(w):
             for ch in range(c):
                 params = dist.at(model(x) if labels is None else model(x, labels), i, j, ch)
-                logits = dist.level_logits(params, x[:, :, i, j], ch, temperature)  # (N, levels)
-                x[:, ch, i, j] = draw(logits, noise[:, ch, i, j].to(device))
+                x[:, ch, i, j] = dist.draw(params, x[:, :, i, j], ch, noise[:, ch, i, j].to(device), temperature)
     return x.to(torch.uint8).cpu()
