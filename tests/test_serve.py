@@ -46,7 +46,7 @@ def test_page_and_facts(client):
     assert page.status_code == 200 and "watch the model draw" in page.text
     info = client.get("/api/info").json()
     assert info["shape"] == [1, 5, 5] and info["levels"] == 4 and info["conditional"] and info["classes"] == 3
-    assert info["test_bits_per_dim"] == 1.5 and info["arch"] == "pixelcnn"
+    assert info["test_bits_per_dim"] == 1.5 and info["arch"] == "pixelcnn" and info["head"] == "softmax"
     examples = client.get("/api/examples").json()
     assert np.asarray(examples["images"]).shape == (3, 1, 5, 5) and examples["labels"] == [0, 1, 2]
 

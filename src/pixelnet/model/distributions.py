@@ -161,16 +161,16 @@ class LogisticMixture:
         return log_pi, mu, log_scale, coeff
 
     def mean(self, mu: torch.Tensor, coeff: torch.Tensor, values: torch.Tensor, ch: int) -> torch.Tensor:
-        """Channel ch's component means (..., K), moved by the pixel's earlier channels values (..., C) in [-1, 1]."""
+        """Channel ch's component means (..., K), moved by the pixel's earlier channels, values (..., C) in [-1, 1]."""
         m = mu[..., ch, :]
         for src in range(ch):
             pair = ch * (ch - 1) // 2 + src  # (G from R), (B from R), (B from G): openai's order
             m = m + coeff[..., pair, :] * values[..., src, None]
         return m
 
-    def _component_log_probs(self, params: torch.Tensor, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def _component_log_probs(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log pi_k + sum over channels <= c of log p_k(x_c | earlier): (..., C, K); params (..., P), x (..., C)."""
-        log_pi, mu, log_scale, coeff = self.unpack(params, temperature)
+        log_pi, mu, log_scale, coeff = self.unpack(params)
         values = x.to(mu.dtype) * (2.0 / (self.levels - 1)) - 1.0
         per_channel = torch.stack([
             log_bin_probs(x[..., ch, None], self.mean(mu, coeff, values, ch), log_scale[..., ch, :], levels=self.levels)

@@ -8,7 +8,7 @@ dependency and its own event model for a page this small.
 API (JSON in, JSON or an event stream out; bad requests are a 422 naming the field):
 
     GET  /                     the page
-    GET  /api/info             the model's facts (dataset, levels, architecture, test bits/dim, registry)
+    GET  /api/info             the model's facts (dataset, levels, architecture, head, test bits/dim, registry)
     GET  /api/examples         a few test images to complete, and their classes, when the data directory is there
     POST /api/sample           {n, label, temperature, seed} -> {images (N, C, H, W) levels, labels}
     POST /api/sample/stream    the same as events: `row` {i, rows (N, C, W)} for each row in order, then `done`
@@ -198,7 +198,7 @@ def create_app(model: torch.nn.Module, config: ModelConfig, *, facts: dict, exam
     def info() -> dict:
         c = config
         return facts | {"levels": c.levels, "shape": [c.image_channels, c.height, c.width], "arch": c.arch,
-                        "conditional": c.conditional, "classes": c.n_classes, "max_n": MAX_N,
+                        "head": c.head, "conditional": c.conditional, "classes": c.n_classes, "max_n": MAX_N,
                         "max_completions": MAX_COMPLETIONS}
 
     @app.get("/api/examples")
