@@ -248,3 +248,17 @@ def test_draw_is_the_inverse_cdf_of_the_level_distribution(channels):
             got = dist.draw(params, pixel, ch, u, t)
             assert torch.equal(got, expected)
             assert len(got.unique()) > 50  # draws spread over the levels, not a constant
+
+
+def test_the_registered_models_scores_use_the_mixture(tmp_path):
+    """The pyfunc model (what MLflow serves) scores a mixture checkpoint in bits/dim under the mixture."""
+    from pixelnet.checkpoint import save_checkpoint
+    from pixelnet.tracking.pyfunc import PixelNetPyfunc
+
+    model = mixture_model(image_channels=3, levels=16, height=3, width=3)
+    save_checkpoint(model, model.config, tmp_path / "m.pt")
+    x = random_images(model, 4, seed=5)
+    with torch.no_grad():
+        expected = model.distribution.nll(model(x), x, reduction="none").view(4, -1).sum(1) / (27 * math.log(2))
+    got = PixelNetPyfunc(str(tmp_path / "m.pt")).predict(x.numpy())
+    assert got == pytest.approx(expected.tolist(), rel=1e-5)
