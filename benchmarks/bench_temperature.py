@@ -20,7 +20,7 @@ import torch
 from pixelnet.checkpoint import load_model
 from pixelnet.data.processed import load_split, read_manifest
 from pixelnet.evaluation.quality import sample_quality
-from pixelnet.model.distributions import LOG_SCALE_MIN, LogisticMixture
+from pixelnet.model.distributions import LogisticMixture
 from pixelnet.sampling import sample_fast, sampling_noise
 
 
@@ -32,13 +32,11 @@ class Tempered(LogisticMixture):
         self.scales = scales
 
     def unpack(self, params: torch.Tensor, temperature: float = 1.0):
-        k, c = self.mixtures, self.image_channels
-        t_pi = temperature if "components" in self.scales else 1.0
-        t_s = temperature if "scales" in self.scales else 1.0
-        log_pi = torch.log_softmax(params[..., :k] / t_pi, dim=-1)
-        mu = params[..., k:k + c * k].unflatten(-1, (c, k))
-        log_scale = params[..., k + c * k:k + 2 * c * k].unflatten(-1, (c, k)).clamp(min=LOG_SCALE_MIN) + math.log(t_s)
-        coeff = torch.tanh(params[..., k + 2 * c * k:].unflatten(-1, (self.n_coefficients, k)))
+        log_pi, mu, log_scale, coeff = super().unpack(params)  # untempered
+        if "components" in self.scales:  # log_softmax(log_pi / T) = log_softmax(logits / T): log_pi is logits - c
+            log_pi = torch.log_softmax(log_pi / temperature, dim=-1)
+        if "scales" in self.scales:
+            log_scale = log_scale + math.log(temperature)
         return log_pi, mu, log_scale, coeff
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import sys
@@ -114,29 +115,29 @@ def run_pixelnet(params, data: Path, *, epochs: int) -> dict:
     return {"model": model, "epochs": kept, "img_per_s": seen / clock[0]}
 
 
-def scores_of(model, state: dict, *, data: Path, seed: int = 0) -> dict:
-    """Test bits/dim and sample scores of `model` holding `state`."""
+def holding(model, state: dict):
+    """A copy of `model` holding the kept weights `state`, in eval mode."""
     model = copy.deepcopy(model)
     model.load_state_dict(state)
-    model.eval()
-    manifest = read_manifest(data)
-    train, val, test = (load_split(data, s, manifest) for s in ("train", "val", "test"))
+    return model.eval()
+
+
+def marginal_bpd(model, *, train, test) -> float:
+    """Test bits/dim of the images alone (for a conditional model, summed over the train split's classes)."""
     cfg = model.config
     prior = class_prior(train.labels, cfg.n_classes) if cfg.conditional else None
-    nll = test_nll(model, test.images, batch_size=64, device=CPU, labels=test.labels, prior=prior)
-    labels, _ = sample_labels(replace(load_params(REPO / "params.yaml").sample, n=SAMPLES, label=None), cfg)
-    noise = sampling_noise(SAMPLES, cfg.image_channels, cfg.height, cfg.width, seed=seed)
+    return test_nll(model, test.images, batch_size=64, device=CPU, labels=test.labels, prior=prior)["test_bits_per_dim"]
+
+
+def scores_of(model, *, splits: dict, n_classes: int, sample_cfg, seed: int = 0) -> dict:
+    """Test bits/dim and the sample scores of `model`; splits holds the train, val and test splits."""
+    cfg = model.config
+    labels, _ = sample_labels(sample_cfg, cfg)
+    noise = sampling_noise(sample_cfg.n, cfg.image_channels, cfg.height, cfg.width, seed=seed)
     images = sample_fast(model, noise, labels=labels)
-    quality = sample_quality(images, train=train, val=val, test=test, levels=cfg.levels,
-                             n_classes=len(manifest["classes"]), sample_labels=labels)
-    return {"test_bpd": nll["test_bits_per_dim"]} | {k: v for k, v in quality.items() if k.startswith(("samples_", "real_"))
-                                                     and "_class_" not in k}
-
-
-def bpd_only(model, state: dict, test) -> float:
-    model = copy.deepcopy(model)
-    model.load_state_dict(state)
-    return textbook.bits_per_dim_textbook(model, test.images)
+    quality = sample_quality(images, **splits, levels=cfg.levels, n_classes=n_classes, sample_labels=labels)
+    return {"test_bpd": marginal_bpd(model, train=splits["train"], test=splits["test"])} | {
+        k: v for k, v in quality.items() if k.startswith(("samples_", "real_")) and "_class_" not in k}
 
 
 def last_within(kept: list, seconds: float):
@@ -170,14 +171,6 @@ def print_tables(result: dict) -> None:
         print(f"  {name}: " + ", ".join(f"{s:.0f}s {b:.3f}" for s, b in curve))
 
 
-def marginal_bpd(model, state: dict, *, train, test) -> float:
-    model = copy.deepcopy(model)
-    model.load_state_dict(state)
-    cfg = model.config
-    prior = class_prior(train.labels, cfg.n_classes) if cfg.conditional else None
-    return test_nll(model, test.images, batch_size=64, device=CPU, labels=test.labels, prior=prior)["test_bits_per_dim"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", action="append", default=[],
@@ -194,7 +187,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data = prepare(next(iter(contenders.values())), args.work)
     manifest = read_manifest(data)
-    train, test = load_split(data, "train", manifest), load_split(data, "test", manifest)
+    splits = {s: load_split(data, s, manifest) for s in ("train", "val", "test")}
+    train, test = splits["train"], splits["test"]
+    score = functools.partial(scores_of, splits=splits, n_classes=len(manifest["classes"]),
+                              sample_cfg=replace(load_params(REPO / "params.yaml").sample, n=SAMPLES, label=None))
     print(f"{torch.get_num_threads()} threads; {len(train.images)} train and {len(test.images)} test images")
 
     t0 = time.perf_counter()
@@ -215,14 +211,15 @@ def main() -> None:
         print(f"{name or 'params.yaml'}: {runs[name][max(budgets)]['img_per_s']:.0f} images/s "
               f"({time.perf_counter() - t0:.0f} s)")
 
-    curves = {"textbook": [(s, bpd_only(tb["model"], st, test)) for _, s, st in tb["epochs"]]}
+    curves = {"textbook": [(s, textbook.bits_per_dim_textbook(holding(tb["model"], st), test.images))
+                           for _, s, st in tb["epochs"]]}
     last = args.textbook_epochs - 1
     target = {"epochs": args.textbook_epochs, "bpd": curves["textbook"][last][1], "seconds": tb["epochs"][last][1]}
     reach = {}
     for name, by_budget in runs.items():
         hits = []
         for b, run in by_budget.items():
-            curve = [(s, marginal_bpd(run["model"], st, train=train, test=test)) for _, s, st in run["epochs"]]
+            curve = [(s, marginal_bpd(holding(run["model"], st), train=train, test=test)) for _, s, st in run["epochs"]]
             curves[f"{name or 'params.yaml'} ({b:g} min run)"] = curve
             hit = next(((k + 1, s) for k, (s, bpd) in enumerate(curve) if bpd <= target["bpd"]), None)
             if hit:
@@ -233,12 +230,12 @@ def main() -> None:
     for b in budgets:
         k = last_within(tb["epochs"], 60 * b)
         if k is not None:
-            rows.append(row("textbook", f"{b:g} min", k[0], k[1], tb["img_per_s"], scores_of(tb["model"], k[2], data=data)))
+            rows.append(row("textbook", f"{b:g} min", k[0], k[1], tb["img_per_s"], score(holding(tb["model"], k[2]))))
         for name, by_budget in runs.items():
             run = by_budget[b]
             k = run["epochs"][-1]
             rows.append(row(f"pixelnet {name}".strip(), f"{b:g} min", k[0], k[1], run["img_per_s"],
-                            scores_of(run["model"], k[2], data=data)))
+                            score(holding(run["model"], k[2]))))
     result = {"configs": args.config, "threads": torch.get_num_threads(), "target": target, "reach": reach,
               "rows": rows, "curves": curves, "textbook_img_per_s": tb["img_per_s"]}
     args.out.write_text(json.dumps(result, indent=1))
