@@ -7,6 +7,7 @@
     distributions.py  the output distributions over intensities: softmax, discretized logistic mixture
     pixelcnn.py    PixelCNN
     gated.py       Gated PixelCNN
+    pixelcnnpp.py  PixelCNN++: shifted-conv streams over resolution levels, U-Net short-cuts, dropout
     likelihood.py  cross-entropy, bits/dim, the NLL of image sets
 
 Importing the package loads only the configs, so that a process that reads

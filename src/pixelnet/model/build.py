@@ -7,8 +7,9 @@ from torch import nn
 from pixelnet.model.config import ModelConfig
 from pixelnet.model.gated import GatedPixelCNN
 from pixelnet.model.pixelcnn import PixelCNN
+from pixelnet.model.pixelcnnpp import PixelCNNPP
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"pixelcnn": PixelCNN, "gated": GatedPixelCNN, "pixelcnnpp": PixelCNNPP}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -25,15 +25,21 @@ class ModelParams:
 
     SECTION: ClassVar[str] = "model"
 
-    arch: Literal["pixelcnn", "gated"] = "pixelcnn"
+    arch: Literal["pixelcnn", "gated", "pixelcnnpp"] = "pixelcnn"
     channels: int = 64
     blocks: int = 7
     first_kernel: int = 7
     kernel: int = 5
-    norm: Literal["batch", "none"] = "batch"
+    # "auto": batch for pixelcnn and gated, weight (weight normalization, the paper's) for pixelcnnpp.
+    norm: Literal["auto", "batch", "weight", "none"] = "auto"
     # The output distribution over intensities (model/distributions.py) and its components.
-    head: Literal["softmax", "logistic_mixture"] = "softmax"
+    # "auto": softmax for pixelcnn and gated, logistic_mixture for pixelcnnpp.
+    head: Literal["auto", "softmax", "logistic_mixture"] = "auto"
     mixtures: int = 10
+    # pixelcnnpp only (model/pixelcnnpp.py): gated ResNet layers a block, resolution levels, dropout on the residual path.
+    resnet_layers: int = 5
+    resolutions: int = 3
+    dropout: float = 0.5
     # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
     conditional: bool | Literal["auto"] = "auto"
 
@@ -42,6 +48,14 @@ class ModelParams:
         require(self.channels >= 2 and self.channels % 2 == 0, s, "channels", "must be an even integer >= 2", self.channels)
         require(self.blocks >= 0, s, "blocks", "must be >= 0", self.blocks)
         require(self.mixtures >= 1, s, "mixtures", "must be >= 1", self.mixtures)
+        require(self.resnet_layers >= 1, s, "resnet_layers", "must be >= 1", self.resnet_layers)
+        require(self.resolutions >= 1, s, "resolutions", "must be >= 1 (1: no downsampling)", self.resolutions)
+        require(0 <= self.dropout < 1, s, "dropout", "must be in [0, 1)", self.dropout)
+        if self.norm != "auto":
+            weighted = self.arch == "pixelcnnpp"
+            require((self.norm == "batch") != weighted or self.norm == "none", s, "norm",
+                    "must be auto, weight or none for pixelcnnpp, and auto, batch or none for pixelcnn and gated",
+                    self.norm)
         for key in ("first_kernel", "kernel"):
             k = getattr(self, key)
             require(k >= 1 and k % 2 == 1, s, key, "must be an odd integer >= 1 (masks need a centre tap)", k)
@@ -53,6 +67,9 @@ class ModelConfig(ModelParams):
     """ModelParams plus the data's facts; `conditional` resolved to true or false."""
 
     conditional: bool = False
+    # Resolved for the arch; these defaults are what checkpoints written before the keys existed held.
+    head: Literal["softmax", "logistic_mixture"] = "softmax"
+    norm: Literal["batch", "weight", "none"] = "batch"
     n_classes: int = field(kw_only=True)  # labelled classes of the data, 0 if unlabelled
     levels: int = field(kw_only=True)
     image_channels: int = field(kw_only=True)
@@ -64,6 +81,8 @@ class ModelConfig(ModelParams):
         s = self.SECTION
         require(isinstance(self.conditional, bool), s, "conditional", "must be resolved to true or false against "
                 "the data (ModelConfig.for_data)", self.conditional)
+        require(self.head != "auto" and self.norm != "auto", s, "head/norm", "must be resolved for the architecture "
+                "(ModelConfig.for_data)", (self.head, self.norm))
         require(self.channels // 2 >= self.image_channels, s, "channels",
                 f"must give at least one feature per image channel (>= {2 * self.image_channels})", self.channels)
         require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
@@ -85,8 +104,10 @@ class ModelConfig(ModelParams):
                  n_classes: int) -> ModelConfig:
         """The config of `params` for data with these levels, shape and classes (0: unlabelled)."""
         chosen = {f.name: getattr(params, f.name) for f in dataclasses.fields(ModelParams)}
-        return cls(**chosen | {"conditional": resolve_conditional(params.conditional, n_classes)}, levels=levels,
-                   image_channels=image_channels, height=height, width=width, n_classes=n_classes)
+        resolved = {"conditional": resolve_conditional(params.conditional, n_classes),
+                    "head": resolve_head(params.head, params.arch), "norm": resolve_norm(params.norm, params.arch)}
+        return cls(**chosen | resolved, levels=levels, image_channels=image_channels, height=height, width=width,
+                   n_classes=n_classes)
 
 
 def resolve_conditional(conditional: bool | Literal["auto"], n_classes: int) -> bool:
@@ -94,3 +115,17 @@ def resolve_conditional(conditional: bool | Literal["auto"], n_classes: int) -> 
     if conditional == "auto":
         return n_classes >= 2
     return conditional
+
+
+def resolve_head(head: str, arch: str) -> str:
+    """model.head for `arch`: "auto" is the logistic mixture for pixelcnnpp (the paper's), else the softmax."""
+    if head == "auto":
+        return "logistic_mixture" if arch == "pixelcnnpp" else "softmax"
+    return head
+
+
+def resolve_norm(norm: str, arch: str) -> str:
+    """model.norm for `arch`: "auto" is weight normalization for pixelcnnpp (the paper's), else BatchNorm."""
+    if norm == "auto":
+        return "weight" if arch == "pixelcnnpp" else "batch"
+    return norm

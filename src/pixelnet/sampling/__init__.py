@@ -4,6 +4,7 @@
     fast.py      the cached engine: sample_fast and complete, over an architecture's incremental form
     pixelcnn.py  the incremental form of PixelCNN
     gated.py     the incremental form of Gated PixelCNN
+    pixelcnnpp.py  the incremental form of PixelCNN++: row and position caches over resolution levels
     fold.py      BatchNorm folded into the conv before it
 
 Both samplers draw the same images from the same noise (tests/test_fast_sampling.py).

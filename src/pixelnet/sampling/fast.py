@@ -25,9 +25,11 @@ from torch import nn
 
 from pixelnet.model.gated import GatedPixelCNN
 from pixelnet.model.pixelcnn import PixelCNN
+from pixelnet.model.pixelcnnpp import PixelCNNPP
 from pixelnet.sampling.gated import GatedIncremental
 from pixelnet.sampling.naive import RowWrapper, sampling_noise
 from pixelnet.sampling.pixelcnn import PixelCNNIncremental
+from pixelnet.sampling.pixelcnnpp import PixelCNNPPIncremental
 
 
 class Incremental(Protocol):
@@ -54,6 +56,7 @@ class Incremental(Protocol):
 IMPLEMENTATIONS: dict[type[nn.Module], Callable[[nn.Module, int, torch.Tensor | None], Incremental]] = {
     PixelCNN: PixelCNNIncremental,
     GatedPixelCNN: GatedIncremental,
+    PixelCNNPP: PixelCNNPPIncremental,
 }
 
 

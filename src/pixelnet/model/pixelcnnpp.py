@@ -1,0 +1,215 @@
+"""PixelCNN++ (Salimans et al. 2017; openai/pixel-cnn `pixel_cnn_pp/model.py`), for any image size.
+
+Two streams of shifted convolutions replace masks, so there is no blind spot:
+
+- the u stream sees every pixel in the rows above.  Its (2, 3) "down-shifted"
+  convs read rows i - 1 .. i and columns j - 1 .. j + 1 of the layer below;
+  its first layer's output is shifted down a row, so u at row i sees rows < i;
+- the ul stream sees the rows above and the current row left of the pixel.
+  Its (2, 2) "down-right-shifted" convs read rows i - 1 .. i, columns
+  j - 1 .. j; its first layer is a (1, 3) conv shifted down plus a (2, 1) conv
+  shifted right, so ul at (i, j) sees rows < i and row i left of j.
+
+Neither ever sees the current pixel, so the head gives the whole pixel's
+distribution: the discretized logistic mixture (its RGB coefficients make G
+depend on R, B on R and G), the paper's, or a softmax.  For a softmax over RGB
+the head adds the current pixel's earlier channels through a masked 1x1 conv
+(type A), so channel g's logits see channels < g, as with the masked models.
+
+Blocks: `resnet_layers` gated ResNet layers a block.  Up the network, one
+block per resolution level (`resolutions`, 3 in the paper: 32 -> 16 -> 8 for
+32x32), each level after the first entered by a stride-2 conv; down it, one
+block per level again (one more layer in each block after the first),
+entered by a stride-2 transposed conv.  Every layer down the network takes
+the matching layer up it as a short-cut input (U-Net: block 1 to 6, 2 to 5,
+3 to 4 in the paper).  A gated ResNet layer is
+
+    c = conv(elu2(x)) [+ nin(elu2(a)), the short-cut];  c = dropout(elu2(c))
+    x + A * sigmoid(B),  (A, B) = conv(c) [+ class embedding]
+
+with elu2 the concatenated ELU [elu(x), elu(-x)], and dropout elementwise
+(torch Dropout, the paper's; pclucas14's port uses Dropout2d).
+
+Odd sizes: a level of size H x W has the level below it at ceil(H / 2) x
+ceil(W / 2) (the stride-2 convs pad on the top and sides only), and a
+transposed conv's output is cropped on the bottom and right to the size of
+the level above.  Any size works, and 28x28 goes 28 -> 14 -> 7.
+
+The input gets a channel of ones (openai's), so the zero padding at the
+borders differs from a black pixel.  Weight normalization (`norm: weight`,
+the default for this architecture) reparameterizes every conv except the
+softmax head's masked ones; openai's data-dependent init is not done.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixelnet.model.config import ModelConfig
+from pixelnet.model.layers import MaskedConv2d, scale_input
+
+
+def concat_elu(x: torch.Tensor) -> torch.Tensor:
+    """[elu(x), elu(-x)] over channels: twice the channels, no information lost."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+def shift_down(x: torch.Tensor) -> torch.Tensor:
+    """Row i of the result is row i - 1 of x (zeros in row 0)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def shift_right(x: torch.Tensor) -> torch.Tensor:
+    """Column j of the result is column j - 1 of x (zeros in column 0)."""
+    return F.pad(x, (1, 0))[:, :, :, :-1]
+
+
+def normed(module: nn.Module, weight_norm: bool) -> nn.Module:
+    if not weight_norm:
+        return module
+    dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0  # per output feature
+    return nn.utils.parametrizations.weight_norm(module, dim=dim)
+
+
+class ShiftedConv2d(nn.Module):
+    """A (kh, kw) conv whose output at (i, j) reads rows i - kh + 1 .. i of its input and columns
+    j - (kw - 1) / 2 .. j + (kw - 1) / 2 ("down", kw odd) or j - kw + 1 .. j ("down_right").
+
+    With stride 2 the output at (i, j) starts reading at input (2i, 2j) likewise: ceil(H / 2) rows out.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int], *, shift: str,
+                 stride: int = 1, weight_norm: bool = True) -> None:
+        super().__init__()
+        kh, kw = kernel
+        self.shift = shift
+        self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0) if shift == "down" else (kw - 1, 0, kh - 1, 0)
+        self.conv = normed(nn.Conv2d(in_channels, out_channels, kernel, stride=stride), weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pad))
+
+
+class ShiftedDeconv2d(nn.Module):
+    """The stride-2 transposed conv up a level: input (i, j) writes outputs (2i .. 2i + 1) x (2j + offsets),
+    cropped to `size` on the bottom and right (and by one column on the left for "down", openai's crop)."""
+
+    def __init__(self, channels: int, *, shift: str, weight_norm: bool = True) -> None:
+        super().__init__()
+        self.kernel = (2, 3) if shift == "down" else (2, 2)
+        self.left = 1 if shift == "down" else 0
+        self.conv = normed(nn.ConvTranspose2d(channels, channels, self.kernel, stride=2), weight_norm)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        return self.conv(x)[:, :, :h, self.left:self.left + w]
+
+
+class GatedResnet(nn.Module):
+    """x + A * sigmoid(B) of the module docstring; `shortcuts` feature maps of short-cut input (0, 1 or 2)."""
+
+    def __init__(self, channels: int, *, shift: str, shortcuts: int, dropout: float, n_classes: int,
+                 weight_norm: bool) -> None:
+        super().__init__()
+        kernel = (2, 3) if shift == "down" else (2, 2)
+        self.conv_in = ShiftedConv2d(2 * channels, channels, kernel, shift=shift, weight_norm=weight_norm)
+        self.nin_skip = normed(nn.Conv2d(2 * shortcuts * channels, channels, 1), weight_norm) if shortcuts else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv_out = ShiftedConv2d(2 * channels, 2 * channels, kernel, shift=shift, weight_norm=weight_norm)
+        self.embed = nn.Embedding(n_classes, 2 * channels) if n_classes else None
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        c = self.conv_in(concat_elu(x))
+        if a is not None:
+            c = c + self.nin_skip(concat_elu(a))
+        c = self.conv_out(self.dropout(concat_elu(c)))
+        if self.embed is not None:
+            c = c + self.embed(labels)[:, :, None, None]
+        gate, value_gate = c.chunk(2, dim=1)
+        return x + gate * torch.sigmoid(value_gate)
+
+
+class PixelCNNPP(nn.Module):
+    """PixelCNN++: u and ul streams, `resolutions` levels up and down with U-Net short-cuts."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.distribution = config.distribution()
+        c, f, n, levels = config.image_channels, config.channels, config.resnet_layers, config.resolutions
+        wn = config.norm == "weight"
+        n_classes = config.n_classes if config.conditional else 0
+
+        def resnet(shift: str, shortcuts: int) -> GatedResnet:
+            return GatedResnet(f, shift=shift, shortcuts=shortcuts, dropout=config.dropout, n_classes=n_classes,
+                               weight_norm=wn)
+
+        self.u_init = ShiftedConv2d(c + 1, f, (2, 3), shift="down", weight_norm=wn)
+        self.ul_init_above = ShiftedConv2d(c + 1, f, (1, 3), shift="down", weight_norm=wn)
+        self.ul_init_left = ShiftedConv2d(c + 1, f, (2, 1), shift="down_right", weight_norm=wn)
+        # up[k][l] = (u layer, ul layer) of level k; down[d] for level levels - 1 - d, coarsest first.
+        self.up = nn.ModuleList(nn.ModuleList(nn.ModuleList([resnet("down", 0), resnet("down_right", 1)])
+                                              for _ in range(n)) for _ in range(levels))
+        self.down = nn.ModuleList(nn.ModuleList(nn.ModuleList([resnet("down", 1), resnet("down_right", 2)])
+                                                for _ in range(n + (d > 0))) for d in range(levels))
+        self.downsize = nn.ModuleList(nn.ModuleList([
+            ShiftedConv2d(f, f, (2, 3), shift="down", stride=2, weight_norm=wn),
+            ShiftedConv2d(f, f, (2, 2), shift="down_right", stride=2, weight_norm=wn)]) for _ in range(levels - 1))
+        self.upsize = nn.ModuleList(nn.ModuleList([
+            ShiftedDeconv2d(f, shift="down", weight_norm=wn),
+            ShiftedDeconv2d(f, shift="down_right", weight_norm=wn)]) for _ in range(levels - 1))
+        out, g = self.distribution.out_channels, self.distribution.groups
+        if config.head == "logistic_mixture":  # openai's: one 1x1 conv of elu(ul)
+            self.head_out = normed(nn.Conv2d(f, out, 1), wn)
+        else:  # a hidden layer, which a softmax over RGB needs to bring in the pixel's earlier channels
+            self.head_hidden = normed(nn.Conv2d(f, f, 1), wn)
+            self.head_pixel = MaskedConv2d(c, f, kernel_size=1, mask_type="A", groups=g) if g > 1 else None
+            self.head_out = MaskedConv2d(f, out, kernel_size=1, mask_type="B", groups=g)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """The (height, width) of every resolution level, finest first."""
+        h, w = self.config.height, self.config.width
+        out = [(h, w)]
+        for _ in range(self.config.resolutions - 1):
+            h, w = (h + 1) // 2, (w + 1) // 2
+            out.append((h, w))
+        return out
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) integer levels, labels (B,) when conditional -> the distribution's parameters."""
+        xs = scale_input(x, self.config.levels)
+        x_pad = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)
+        u = shift_down(self.u_init(x_pad))
+        ul = shift_down(self.ul_init_above(x_pad)) + shift_right(self.ul_init_left(x_pad))
+        us, uls = [u], [ul]
+        for k, block in enumerate(self.up):
+            if k > 0:
+                u, ul = self.downsize[k - 1][0](u), self.downsize[k - 1][1](ul)
+                us.append(u)
+                uls.append(ul)
+            for u_layer, ul_layer in block:
+                u = u_layer(u, None, labels)
+                ul = ul_layer(ul, u, labels)
+                us.append(u)
+                uls.append(ul)
+        u, ul = us.pop(), uls.pop()
+        sizes = self.sizes()
+        for d, block in enumerate(self.down):
+            if d > 0:
+                size = sizes[len(sizes) - 1 - d]
+                u, ul = self.upsize[d - 1][0](u, size), self.upsize[d - 1][1](ul, size)
+            for u_layer, ul_layer in block:
+                u = u_layer(u, us.pop(), labels)
+                ul = ul_layer(ul, torch.cat([u, uls.pop()], dim=1), labels)
+        return self.distribution.arrange(self.head(F.elu(ul), xs))
+
+    def head(self, features: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """The head's output from elu(ul) and the scaled image (whose current pixel only a softmax over RGB reads)."""
+        if self.config.head == "logistic_mixture":
+            return self.head_out(features)
+        hidden = self.head_hidden(features)
+        if self.head_pixel is not None:
+            hidden = hidden + self.head_pixel(xs)
+        return self.head_out(F.elu(hidden))
