@@ -10,6 +10,11 @@ are compared (they must be identical).
     python benchmarks/bench_sampling.py                      # the textbook's model size, random weights
     python benchmarks/bench_sampling.py --sizes 1,16,64,256 --naive-max-n 256
     python benchmarks/bench_sampling.py --checkpoint models/model.pt --textbook-n 16
+    python benchmarks/bench_sampling.py --config "model.arch=pixelcnnpp" --sizes 64   # params.yaml's model, 28x28
+
+--config builds params.yaml's model section with the given overrides for the
+default data's shape (28x28 gray, 10 classes; `data.levels` 256 unless set),
+random weights; with --image-channels 3 it is RGB.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/textbook.
 from textbook import sample_textbook, textbook_config, textbook_model  # noqa: E402
 
 from pixelnet.checkpoint import load_model  # noqa: E402
+from pixelnet.config import load_params  # noqa: E402
 from pixelnet.model import ModelConfig  # noqa: E402
 from pixelnet.model.build import build_model  # noqa: E402
 from pixelnet.sampling import sample_fast, sample_naive, sampling_noise  # noqa: E402
@@ -52,6 +58,18 @@ def random_textbook_size_model(seed: int, head: str = "softmax") -> tuple[torch.
     return build_model(cfg).eval(), cfg
 
 
+def random_params_model(overrides: str, seed: int, image_channels: int) -> tuple[torch.nn.Module, ModelConfig]:
+    """params.yaml's model with `overrides` (space-separated section.key=value) for 28x28 images, random weights."""
+    words = overrides.split()
+    if not any(w.startswith("data.levels=") for w in words):
+        words.append("data.levels=256")
+    params = load_params(REPO / "params.yaml", words)
+    torch.manual_seed(seed)
+    cfg = ModelConfig.for_data(params.model, levels=params.data.levels, image_channels=image_channels, height=28,
+                               width=28, n_classes=10)
+    return build_model(cfg).eval(), cfg
+
+
 def textbook_naive_seconds(n: int, seed: int) -> float:
     """The textbook's naive sampler (benchmarks/textbook.py: one forward per pixel) on its own random-weight model."""
     model = textbook_model(seed=seed)
@@ -70,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--textbook-n", type=int, default=0, help="also time the textbook's naive sampler at this n")
     ap.add_argument("--head", default="softmax", choices=["softmax", "logistic_mixture"],
                     help="the random-weight model's output distribution (a checkpoint has its own)")
+    ap.add_argument("--config", help="params.yaml's model with these overrides, e.g. \"model.arch=pixelcnnpp\"")
+    ap.add_argument("--image-channels", type=int, default=1, choices=[1, 3], help="with --config: gray or RGB")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
@@ -77,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.checkpoint:
         model, cfg = load_model(a.checkpoint)
         source = str(a.checkpoint)
+    elif a.config is not None:
+        model, cfg = random_params_model(a.config, a.seed, a.image_channels)
+        source = f"random weights, params.yaml with {a.config}"
     else:
         model, cfg = random_textbook_size_model(a.seed, a.head)
         source = "random weights"
@@ -85,9 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# sampling benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    print(f"model: {cfg.arch}, {cfg.channels} channels, {cfg.blocks} blocks, kernels {cfg.first_kernel}/{cfg.kernel}, "
-          f"norm {cfg.norm}, head {cfg.head}, {c}x{h}x{w}, {cfg.levels} levels, conditional {cfg.conditional}, "
-          f"{n_params:,} parameters ({source})\n")
+    shape = (f"{cfg.resnet_layers} gated ResNet layers a block, {cfg.resolutions} resolutions" if cfg.arch == "pixelcnnpp"
+             else f"{cfg.blocks} blocks, kernels {cfg.first_kernel}/{cfg.kernel}")
+    print(f"model: {cfg.arch}, {cfg.channels} channels, {shape}, norm {cfg.norm}, head {cfg.head}, {c}x{h}x{w}, "
+          f"{cfg.levels} levels, conditional {cfg.conditional}, {n_params:,} parameters ({source})\n")
     print("| n | naive s | fast s | naive / fast | forward s | fast / forward | identical |")
     print("|---:|---:|---:|---:|---:|---:|:---|")
     naive_by_n = {}

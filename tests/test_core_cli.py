@@ -112,6 +112,9 @@ def assert_clean_error(result, *needles):
     ("model.kernel=4", ["model.kernel must be an odd integer"]),
     ("model.head=gaussian", ["model.head must be one of", "logistic_mixture"]),
     ("model.mixtures=0", ["model.mixtures must be >= 1"]),
+    ("model.norm=weight", ["model.norm must be auto, weight or none for pixelcnnpp", "batch or none for pixelcnn"]),
+    ("model.dropout=1", ["model.dropout must be in [0, 1)"]),
+    ("train.lr_decay=1.5", ["train.lr_decay must be in (0, 1]"]),
     ("train.lr=fast", ["train.lr must be a number"]),
     ("train.epoch=3", ["unknown parameter train.epoch", "epochs"]),
 ])
@@ -158,9 +161,11 @@ def test_offline_download_names_the_default_and_the_folder(run_cli, tmp_path, ti
     assert not (tmp_path / "raw").exists()
 
 
+@pytest.mark.parametrize("arch", ["gated", "pixelcnnpp"])
 @pytest.mark.parametrize("head", ["softmax", "logistic_mixture"])
-def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path, head):
-    """The colour path end to end: an RGB folder with classes, Gated PixelCNN, class-conditional, either head."""
+def test_conditional_colour_run_through_every_command(run_cli, tmp_path, head, arch):
+    """The colour path end to end: an RGB folder with classes, Gated PixelCNN or PixelCNN++, class-conditional,
+    either head."""
     from tests.conftest import write_image_folder
 
     folder = write_image_folder(tmp_path / "rgb", mode="RGB", classes=("red", "green", "blue"), n_per_class=6)
@@ -168,7 +173,8 @@ def test_gated_conditional_colour_run_through_every_command(run_cli, tmp_path, h
     write_params(
         params,
         "data: {dataset: folder, size: 6, levels: 4, val_fraction: 0.2, test_fraction: 0.2}\n"
-        f"model: {{arch: gated, conditional: true, channels: 12, blocks: 1, first_kernel: 3, kernel: 3, head: {head}}}\n"
+        f"model: {{arch: {arch}, conditional: true, channels: 12, blocks: 1, first_kernel: 3, kernel: 3, head: {head}, "
+        "resnet_layers: 1}\n"
         "train: {epochs: 1, batch_size: 4, lr: 0.01, seed: 0, device: cpu}\n"
         "sample: {n: 6, temperature: 1.0, seed: 0}\n"
         "evaluate: {batch_size: 8, grid_n: 6}\n"

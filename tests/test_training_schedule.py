@@ -43,6 +43,14 @@ def test_warmup_then_cosine_to_zero():
     assert [lr_factor(s, 100, schedule="constant", warmup_steps=4) for s in (0, 3, 50, 99)] == [0.25, 1.0, 1.0, 1.0]
 
 
+def test_exponential_decays_every_step_after_the_warmup():
+    f = [lr_factor(s, 100, schedule="exponential", warmup_steps=2, decay=0.9) for s in range(6)]
+    assert f == pytest.approx([0.5, 1.0, 1.0, 0.9, 0.81, 0.729])
+    _, history = run(TrainConfig(epochs=2, batch_size=8, lr=0.01, warmup_fraction=0.0, lr_schedule="exponential",
+                                 lr_decay=0.5))  # 8 steps; the lr recorded is step 3's and step 7's
+    assert [r.lr for r in history] == pytest.approx([0.01 * 0.5 ** 3, 0.01 * 0.5 ** 7])
+
+
 def test_fit_follows_the_schedule():
     _, history = run(TrainConfig(epochs=4, batch_size=8, lr=0.01, warmup_fraction=0.25))  # 16 steps, warmup 4
     lrs = [r.lr for r in history]  # of steps 3, 7, 11, 15

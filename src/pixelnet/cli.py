@@ -22,7 +22,7 @@ HELP = "PixelNet: PixelCNN-style image generation. Commands are the pipeline's s
 
 
 # Commands that are not pipeline stages: name -> module with `command`.
-OTHER_COMMANDS = {"serve": "pixelnet.serve.main"}
+OTHER_COMMANDS = {"serve": "pixelnet.serve.main", "preset": "pixelnet.preset"}
 
 
 def command_modules() -> dict[str, str]:

@@ -68,7 +68,9 @@ class TrainConfig:
     epochs: int = 7
     batch_size: int = 32
     lr: float = 3e-3  # the peak learning rate
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup: cosine to zero, or constant
+    # After the warmup: cosine to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).
+    lr_schedule: Literal["cosine", "constant", "exponential"] = "cosine"
+    lr_decay: float = 0.999995  # exponential only: the factor per optimizer step (openai's pixel-cnn default)
     warmup_fraction: float = 0.05  # of all steps, with the learning rate rising linearly from 0
     ema_decay: float = 0.999  # 0 = off; else the EMA of the weights is what is validated and saved
     max_minutes: float | None = None  # wall-clock budget, checked between epochs (training/loop.py)
@@ -83,6 +85,7 @@ class TrainConfig:
         require(self.epochs >= 1, s, "epochs", "must be >= 1", self.epochs)
         require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
         require(0.0 < self.lr < 1.0, s, "lr", "must be in (0, 1)", self.lr)
+        require(0.0 < self.lr_decay <= 1.0, s, "lr_decay", "must be in (0, 1]", self.lr_decay)
         require(0.0 <= self.warmup_fraction < 1.0, s, "warmup_fraction", "must be in [0, 1)", self.warmup_fraction)
         require(0.0 <= self.ema_decay < 1.0, s, "ema_decay", "must be in [0, 1) (0 turns EMA off)", self.ema_decay)
         require(self.max_minutes is None or self.max_minutes > 0, s, "max_minutes", "must be > 0 or null (no budget)",

@@ -37,7 +37,7 @@ class ModelParams:
     head: Literal["auto", "softmax", "logistic_mixture"] = "auto"
     mixtures: int = 10
     # pixelcnnpp only (model/pixelcnnpp.py): gated ResNet layers a block, resolution levels, dropout on the residual path.
-    resnet_layers: int = 5
+    resnet_layers: int = 1
     resolutions: int = 3
     dropout: float = 0.5
     # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).

@@ -10,7 +10,9 @@ exactly.
 Time to quality (train section of params.yaml):
 - `lr_schedule: cosine` warms the learning rate up linearly over the first
   `warmup_fraction` of the steps, then anneals it to zero along a cosine
-  (`lr_factor`); `constant` keeps `lr` after the warmup.
+  (`lr_factor`); `constant` keeps `lr` after the warmup; `exponential`
+  multiplies it by `lr_decay` every step after the warmup (openai's
+  PixelCNN++ schedule: 0.999995 a step).
 - `ema_decay > 0` keeps an exponential moving average of the weights and
   BatchNorm statistics (`EMA`); validation uses it and the model `fit`
   returns holds it, so the EMA weights are what gets saved and evaluated.
@@ -63,12 +65,14 @@ StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/d
 EpochCallback = Callable[[EpochRecord, nn.Module], None]  # (the epoch, the model holding the weights it validated)
 
 
-def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int) -> float:
-    """Multiplier of train.lr for optimizer step `step` (0-based) of `total_steps`."""
+def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int, decay: float = 1.0) -> float:
+    """Multiplier of train.lr for optimizer step `step` (0-based) of `total_steps`; `decay` is exponential's."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "exponential":
+        return decay ** (step - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -126,7 +130,8 @@ class TrainStep:
         self.opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
         warmup = round(cfg.warmup_fraction * total_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, total_steps, schedule=cfg.lr_schedule, warmup_steps=warmup))
+            self.opt, lambda s: lr_factor(s, total_steps, schedule=cfg.lr_schedule, warmup_steps=warmup,
+                                 decay=cfg.lr_decay))
         self.ema = EMA(self.module, cfg.ema_decay) if cfg.ema_decay > 0 else None
         device_type = next(self.module.parameters()).device.type
         bf16 = cfg.precision == "bf16"

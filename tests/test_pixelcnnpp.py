@@ -1,0 +1,167 @@
+"""PixelCNN++: the odd-size rule, causality over sub-pixels, no blind spot, dropout, conditioning, fast sampling."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from pixelnet.errors import ConfigError
+from pixelnet.model import ModelConfig, ModelParams
+from pixelnet.model.build import build_model
+from pixelnet.sampling import sample_naive, sampling_noise
+from pixelnet.sampling.fast import sample_fast
+from tests.conftest import model_config
+
+
+def make(*, head: str = "logistic_mixture", sharpen: float = 1.0, **overrides) -> torch.nn.Module:
+    """A seeded random PixelCNN++ in eval mode: 8 filters, 1 layer a block, 3 levels, unless overridden."""
+    base = {"arch": "pixelcnnpp", "channels": 8, "resnet_layers": 1, "resolutions": 3, "norm": "weight",
+            "head": head, "mixtures": 3, "levels": 16, "height": 6, "width": 6}
+    torch.manual_seed(0)
+    model = build_model(model_config(**(base | overrides)))
+    with torch.no_grad():  # sharper random outputs, so that every one of them matters to a sampler comparison
+        out = model.head_out
+        weight = out.parametrizations.weight.original0 if hasattr(out, "parametrizations") else out.weight
+        weight.mul_(sharpen)
+    return model.eval()
+
+
+def raster_order(c: int, h: int, w: int) -> torch.Tensor:
+    """The generation index of each sub-pixel, (C, H, W): rows, then columns, then channels."""
+    return torch.arange(h * w * c).view(h, w, c).permute(2, 0, 1)
+
+
+def test_levels_halve_rounding_up_and_any_size_runs():
+    assert make(height=28, width=28).sizes() == [(28, 28), (14, 14), (7, 7)]
+    model = make(height=7, width=9, resolutions=4)
+    assert model.sizes() == [(7, 9), (4, 5), (2, 3), (1, 2)]
+    x = torch.randint(0, 16, (2, 1, 7, 9))
+    assert model(x).shape == (2, 3 * 3, 7, 9)  # 3 components of (logit, mean, log-scale) a pixel
+    assert make(resolutions=1, height=5, width=3)(torch.zeros(1, 1, 5, 3, dtype=torch.long)).shape == (1, 9, 5, 3)
+
+
+@pytest.mark.parametrize("head", ["logistic_mixture", "softmax"])
+@pytest.mark.parametrize("image_channels, size", [(1, (5, 6)), (3, (4, 5))])
+def test_causal_over_sub_pixels(head, image_channels, size):
+    """Changing a sub-pixel changes no output for it or any earlier sub-pixel: a mixture's at its pixel
+    or earlier ones, a softmax's logits at its sub-pixel or earlier ones.  It does change the next one's."""
+    h, w = size
+    c = image_channels
+    model = make(head=head, image_channels=c, height=h, width=w, channels=12)
+    x = torch.randint(0, 16, (1, c, h, w), generator=torch.Generator().manual_seed(1))
+    order = raster_order(c, h, w)
+    with torch.no_grad():
+        base = model(x)[0]
+        for idx in range(c * h * w):
+            ch, i, j = (order == idx).nonzero()[0].tolist()
+            y = x.clone()
+            y[0, ch, i, j] = (x[0, ch, i, j] + 5) % 16
+            diff = (model(y)[0] - base).abs().amax(dim=0)  # softmax: (C, H, W); mixture: (H, W)
+            if head == "softmax":
+                assert diff[order <= idx].max() == 0, (i, j, ch)
+                if idx + 1 < c * h * w:
+                    assert diff[order == idx + 1].max() > 0, (i, j, ch)
+            else:  # a pixel's mixture sees none of the pixel: only later pixels may change
+                pixel_order = order[0] // c
+                assert diff[pixel_order <= pixel_order[i, j]].max() == 0, (i, j, ch)
+                if j + 1 < w:
+                    assert diff[i, j + 1] > 0, (i, j, ch)
+
+
+@pytest.mark.parametrize("image_channels", [1, 3])
+@pytest.mark.parametrize("i, j", [(7, 7), (4, 3), (7, 0), (0, 7), (5, 6)])
+def test_no_blind_spot_every_earlier_pixel_reaches_the_output(image_channels, i, j):
+    """Input gradients of a pixel's outputs are non-zero at every earlier pixel and zero at it and after."""
+    model = make(image_channels=image_channels, height=8, width=8, resnet_layers=2)
+    x = torch.randint(0, 16, (1, image_channels, 8, 8), generator=torch.Generator().manual_seed(3)).float()
+    x.requires_grad_(True)
+    model(x)[0, :, i, j].sum().backward()
+    grad = x.grad[0].abs().sum(dim=0)
+    rows, cols = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    before = (rows < i) | ((rows == i) & (cols < j))
+    assert (grad[before] > 0).all(), f"blind pixels at {(before & (grad == 0)).nonzero().tolist()}"
+    assert (grad[~before] == 0).all()
+
+
+def test_dropout_is_on_in_training_and_off_in_eval():
+    model = make(dropout=0.5, height=6, width=6)
+    x = torch.randint(0, 16, (2, 1, 6, 6))
+    without = build_model(dataclasses.replace(model.config, dropout=0.0))
+    without.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        model.eval(), without.eval()
+        assert torch.equal(model(x), model(x))
+        assert torch.allclose(model(x), without(x), atol=0, rtol=0)
+        model.train()
+        torch.manual_seed(1)
+        first = model(x)
+        assert not torch.allclose(first, model(x))  # two draws of the dropout mask
+        assert not torch.allclose(first, without.eval()(x))
+
+
+def test_label_changes_the_outputs_only_when_conditional():
+    x = torch.randint(0, 16, (2, 1, 6, 6))
+    cond = make(conditional=True, n_classes=3)
+    with torch.no_grad():
+        assert not torch.allclose(cond(x, torch.tensor([0, 0])), cond(x, torch.tensor([1, 2])))
+        plain = make()
+        assert torch.equal(plain(x), plain(x, torch.tensor([1, 2])))
+
+
+@pytest.mark.parametrize("head, overrides", [
+    ("logistic_mixture", {}),
+    ("logistic_mixture", {"image_channels": 3, "conditional": True, "n_classes": 3}),
+    ("softmax", {"image_channels": 3}),
+    ("softmax", {"conditional": True, "n_classes": 3, "norm": "none"}),
+    ("logistic_mixture", {"height": 7, "width": 9, "resolutions": 4, "resnet_layers": 2}),
+    ("logistic_mixture", {"image_channels": 3, "height": 5, "width": 7, "resolutions": 1, "levels": 256}),
+])
+@pytest.mark.parametrize("temperature, start_row", [(1.0, 0), (0.7, 3)])
+def test_fast_equals_naive(head, overrides, temperature, start_row):
+    """The cached sampler draws the naive sampler's images: gray and RGB, both heads, conditional, odd sizes,
+    one level or four, completion from given rows and tempered sampling."""
+    model = make(head=head, sharpen=4.0, **overrides)
+    cfg = model.config
+    n = 3
+    noise = sampling_noise(n, cfg.image_channels, cfg.height, cfg.width, seed=5)
+    labels = torch.arange(n) % cfg.n_classes if cfg.conditional else None
+    given = torch.randint(0, cfg.levels, (n, cfg.image_channels, cfg.height, cfg.width),
+                          generator=torch.Generator().manual_seed(9))
+    kwargs = dict(temperature=temperature, labels=labels, given=given, start_row=start_row)
+    fast, naive = sample_fast(model, noise, **kwargs), sample_naive(model, noise, **kwargs)
+    assert torch.equal(fast, naive)
+    assert torch.equal(fast[:, :, :start_row], given[:, :, :start_row].to(torch.uint8))
+    assert len(fast.unique()) > 3
+
+
+def test_fast_sampler_refuses_training_mode_and_missing_labels():
+    model = make(conditional=True, n_classes=3)
+    noise = sampling_noise(1, 1, 6, 6, seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        sample_fast(model, noise)
+    with pytest.raises(ValueError, match="eval mode"):
+        sample_fast(copy.deepcopy(model).train(), noise, labels=torch.tensor([0]))
+
+
+def test_head_and_norm_follow_the_architecture():
+    data = dict(levels=256, image_channels=1, height=28, width=28, n_classes=10)
+    pp = ModelConfig.for_data(ModelParams(arch="pixelcnnpp"), **data)
+    assert (pp.head, pp.norm) == ("logistic_mixture", "weight")
+    plain = ModelConfig.for_data(ModelParams(arch="gated"), **data)
+    assert (plain.head, plain.norm) == ("softmax", "batch")
+    assert ModelConfig.for_data(ModelParams(arch="pixelcnnpp", head="softmax", norm="none"), **data).head == "softmax"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"arch": "pixelcnnpp", "norm": "batch"}, "model.norm"),
+    ({"arch": "pixelcnn", "norm": "weight"}, "model.norm"),
+    ({"arch": "pixelcnnpp", "dropout": 1.0}, "model.dropout"),
+    ({"arch": "pixelcnnpp", "resolutions": 0}, "model.resolutions"),
+    ({"arch": "pixelcnnpp", "resnet_layers": 0}, "model.resnet_layers"),
+])
+def test_bad_pixelcnnpp_params_are_config_errors(params, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelParams(**params)
