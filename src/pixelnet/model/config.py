@@ -51,11 +51,9 @@ class ModelParams:
         require(self.resnet_layers >= 1, s, "resnet_layers", "must be >= 1", self.resnet_layers)
         require(self.resolutions >= 1, s, "resolutions", "must be >= 1 (1: no downsampling)", self.resolutions)
         require(0 <= self.dropout < 1, s, "dropout", "must be in [0, 1)", self.dropout)
-        if self.norm != "auto":
-            weighted = self.arch == "pixelcnnpp"
-            require((self.norm == "batch") != weighted or self.norm == "none", s, "norm",
-                    "must be auto, weight or none for pixelcnnpp, and auto, batch or none for pixelcnn and gated",
-                    self.norm)
+        takes = ("weight", "none") if self.arch == "pixelcnnpp" else ("batch", "none")
+        require(self.norm in ("auto", *takes), s, "norm",
+                "must be auto, weight or none for pixelcnnpp, and auto, batch or none for pixelcnn and gated", self.norm)
         for key in ("first_kernel", "kernel"):
             k = getattr(self, key)
             require(k >= 1 and k % 2 == 1, s, key, "must be an odd integer >= 1 (masks need a centre tap)", k)

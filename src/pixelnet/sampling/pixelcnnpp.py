@@ -144,7 +144,7 @@ class PixelCNNPPIncremental:
         weight = model.u_init.conv.weight
         device, dtype = weight.device, weight.dtype
         labels = labels.to(device) if labels is not None else None
-        self.sizes = sizes = model.sizes()
+        sizes = model.sizes()
         self.depth = len(sizes)
         f = cfg.channels
 
