@@ -80,7 +80,7 @@ def tiny_params(tmp_path) -> Path:
     return write_params(
         tmp_path / "params.yaml",
         "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
-        "model: {channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
+        "model: {arch: pixelcnn, channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
         "train: {epochs: 1, batch_size: 4, lr: 0.01, seed: 0, device: cpu}\n"
         "sample: {n: 4, temperature: 1.0, seed: 0}\n"
         "evaluate: {batch_size: 8, grid_n: 8}\n",

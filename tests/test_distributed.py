@@ -36,7 +36,7 @@ STEPS = 12
 
 PARAMS = (
     "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
-    "model: {channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
+    "model: {arch: pixelcnn, channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
     "train: {epochs: 3, batch_size: 8, lr: 0.01, seed: 0, device: cpu, checkpoint_every: 2}\n"
 )
 

@@ -98,7 +98,7 @@ def test_a_budget_is_checked_again_when_a_run_starts():
 
 PARAMS = (
     "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
-    "model: {channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
+    "model: {arch: pixelcnn, channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
     "train: {epochs: %d, batch_size: 4, lr: 0.01, ema_decay: 0.9, checkpoint_every: 3, seed: 0, device: cpu}\n"
 )
 

@@ -65,7 +65,7 @@ class DataConfig:
 class TrainConfig:
     SECTION: ClassVar[str] = "train"
 
-    epochs: int = 7
+    epochs: int = 4
     batch_size: int = 32
     lr: float = 3e-3  # the peak learning rate
     # After the warmup: cosine to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).

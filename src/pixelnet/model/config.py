@@ -25,8 +25,8 @@ class ModelParams:
 
     SECTION: ClassVar[str] = "model"
 
-    arch: Literal["pixelcnn", "gated", "pixelcnnpp"] = "pixelcnn"
-    channels: int = 64
+    arch: Literal["pixelcnn", "gated", "pixelcnnpp"] = "pixelcnnpp"
+    channels: int = 32
     blocks: int = 7
     first_kernel: int = 7
     kernel: int = 5
@@ -39,7 +39,7 @@ class ModelParams:
     # pixelcnnpp only (model/pixelcnnpp.py): gated ResNet layers a block, resolution levels, dropout on the residual path.
     resnet_layers: int = 1
     resolutions: int = 3
-    dropout: float = 0.5
+    dropout: float = 0.0
     # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
     conditional: bool | Literal["auto"] = "auto"
 
