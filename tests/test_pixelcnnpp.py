@@ -130,7 +130,7 @@ def test_fast_equals_naive(head, overrides, temperature, start_row):
     labels = torch.arange(n) % cfg.n_classes if cfg.conditional else None
     given = torch.randint(0, cfg.levels, (n, cfg.image_channels, cfg.height, cfg.width),
                           generator=torch.Generator().manual_seed(9))
-    kwargs = dict(temperature=temperature, labels=labels, given=given, start_row=start_row)
+    kwargs = {"temperature": temperature, "labels": labels, "given": given, "start_row": start_row}
     fast, naive = sample_fast(model, noise, **kwargs), sample_naive(model, noise, **kwargs)
     assert torch.equal(fast, naive)
     assert torch.equal(fast[:, :, :start_row], given[:, :, :start_row].to(torch.uint8))
@@ -147,7 +147,7 @@ def test_fast_sampler_refuses_training_mode_and_missing_labels():
 
 
 def test_head_and_norm_follow_the_architecture():
-    data = dict(levels=256, image_channels=1, height=28, width=28, n_classes=10)
+    data = {"levels": 256, "image_channels": 1, "height": 28, "width": 28, "n_classes": 10}
     pp = ModelConfig.for_data(ModelParams(arch="pixelcnnpp"), **data)
     assert (pp.head, pp.norm) == ("logistic_mixture", "weight")
     plain = ModelConfig.for_data(ModelParams(arch="gated"), **data)

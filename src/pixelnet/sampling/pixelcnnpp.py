@@ -142,8 +142,7 @@ class PixelCNNPPIncremental:
         self.n, self.c, self.levels, self.width = n, cfg.image_channels, cfg.levels, cfg.width
         self.mixture = cfg.head == "logistic_mixture"
         weight = model.u_init.conv.weight
-        device, dtype = weight.device, weight.dtype
-        labels = labels.to(device) if labels is not None else None
+        labels = labels.to(weight.device) if labels is not None else None
         sizes = model.sizes()
         self.depth = len(sizes)
         f = cfg.channels
