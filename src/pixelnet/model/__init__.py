@@ -3,7 +3,7 @@
     config.py      ModelParams (params.yaml's model section) and ModelConfig (plus the data's facts)
     build.py       build_model, the one constructor every command uses
     masks.py       autoregressive masks over raster order and colour channels
-    layers.py      masked convolutions, the residual block, input scaling
+    layers.py      masked convolutions, the residual block, input scaling, row and column shifts
     distributions.py  the output distributions over intensities: softmax, discretized logistic mixture
     pixelcnn.py    PixelCNN
     gated.py       Gated PixelCNN

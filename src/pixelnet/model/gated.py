@@ -27,18 +27,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, make_norm, scale_input
+from pixelnet.model.layers import MaskedConv2d, make_norm, scale_input, shift_down
 from pixelnet.model.masks import conv_mask
 
 
 def gate(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=1)
     return torch.tanh(a) * torch.sigmoid(b)
-
-
-def shift_down(x: torch.Tensor) -> torch.Tensor:
-    """Row i of the result is row i - 1 of x (zeros in row 0)."""
-    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
 
 
 def horizontal_mask(*, in_channels: int, channels: int, kernel_size: int, mask_type: str, groups: int) -> torch.Tensor:

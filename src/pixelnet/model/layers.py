@@ -1,4 +1,4 @@
-"""Masked convolutions and the PixelCNN residual block (plain PyTorch).
+"""Masked convolutions, the PixelCNN residual block, input scaling and the shifts (plain PyTorch).
 
 `MaskedConv2d` keeps its mask as a buffer and multiplies the weight by it in
 `forward`, so masked taps stay zero whatever the optimizer does to them and a
@@ -57,6 +57,16 @@ class MaskedConv2d(nn.Conv2d):
 def scale_input(x: torch.Tensor, levels: int) -> torch.Tensor:
     """Integer levels in [0, levels - 1] -> floats in [-1, 1], the network's input scale (the one place)."""
     return x.float() * (2.0 / (levels - 1)) - 1.0
+
+
+def shift_down(x: torch.Tensor) -> torch.Tensor:
+    """Row i of the result is row i - 1 of x (zeros in row 0)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def shift_right(x: torch.Tensor) -> torch.Tensor:
+    """Column j of the result is column j - 1 of x (zeros in column 0)."""
+    return F.pad(x, (1, 0))[:, :, :, :-1]
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

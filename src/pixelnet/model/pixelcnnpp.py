@@ -48,22 +48,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, scale_input
+from pixelnet.model.layers import MaskedConv2d, scale_input, shift_down, shift_right
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
     """[elu(x), elu(-x)] over channels: twice the channels, no information lost."""
     return F.elu(torch.cat([x, -x], dim=1))
-
-
-def shift_down(x: torch.Tensor) -> torch.Tensor:
-    """Row i of the result is row i - 1 of x (zeros in row 0)."""
-    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
-
-
-def shift_right(x: torch.Tensor) -> torch.Tensor:
-    """Column j of the result is column j - 1 of x (zeros in column 0)."""
-    return F.pad(x, (1, 0))[:, :, :, :-1]
 
 
 def normed(module: nn.Module, weight_norm: bool) -> nn.Module:
