@@ -95,6 +95,11 @@ def test_complete_keeps_the_given_rows(client):
     ("/api/complete", {"image": [[0] * 5] * 5, "rows": 5}, "rows"),
     ("/api/complete", {"image": [[0] * 5] * 5, "n": 17}, "n"),
     ("/api/complete/stream", {"image": [["a"] * 5] * 5}, "image"),
+    ("/api/sample", {"n": 1, "colour": "red"}, "colour"),  # unknown fields are refused, not ignored
+    ("/api/sample", {"temprature": 0.5}, "temprature"),
+    ("/api/sample/stream", {"sead": 1}, "sead"),
+    ("/api/complete", {"image": [[0] * 5] * 5, "row": 2}, "row"),
+    ("/api/complete/stream", {"image": [[0] * 5] * 5, "label": 1, "temp": 2}, "temp"),
 ])
 def test_bad_requests_are_a_422_naming_the_field(client, path, body, field):
     res = client.post(path, json=body)

@@ -5,7 +5,8 @@ with nearest-neighbour scaling), streamed as server-sent events over POST.
 FastAPI and uvicorn come with MLflow already; Gradio would add a large
 dependency and its own event model for a page this small.
 
-API (JSON in, JSON or an event stream out; bad requests are a 422 naming the field):
+API (JSON in, JSON or an event stream out; bad requests are a 422 naming the field, and a field the
+request does not take, a misspelt "temprature" say, is one too rather than silently ignored):
 
     GET  /                     the page
     GET  /api/info             the model's facts (dataset, levels, architecture, head, test bits/dim, registry)
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pixelnet.config import SampleConfig
 from pixelnet.model import ModelConfig
@@ -48,14 +49,20 @@ MAX_COMPLETIONS = 16
 PAGE = Path(__file__).with_name("page.html")
 
 
-class SampleRequest(BaseModel):
+class StrictBody(BaseModel):
+    """A request body: unknown fields are refused (a 422 naming each), never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleRequest(StrictBody):
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 16
     label: Annotated[int | None, Field(ge=0)] = None  # conditional models: this class; none: the classes take turns
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
 
-class CompleteRequest(BaseModel):
+class CompleteRequest(StrictBody):
     image: list  # levels, (C, H, W) or (H, W) for one channel
     rows: Annotated[int, Field(ge=0)] = 14
     n: Annotated[int, Field(ge=1, le=MAX_COMPLETIONS)] = 4
