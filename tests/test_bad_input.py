@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pixelnet.data import folder as folder_mod
+from pixelnet.errors import PixelNetError
 from tests.conftest import write_image_folder
 
 
@@ -48,13 +49,34 @@ def test_mixed_modes_are_unified_and_other_files_skipped(run_cli, tmp_path, tiny
     assert images.shape == (6, 8, 8, 3)
 
 
-def test_links_out_of_the_folder_are_not_followed(tmp_path):
+def test_links_inside_the_folder_are_followed(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    os.symlink(folder / "a" / "img000.png", folder / "b" / "link.png")  # a file link: one more image of class b
+    os.symlink("../a", folder / "b" / "linked_dir")  # a directory link, relative: two more images of class b
+    (folder / "c").symlink_to(folder / "a", target_is_directory=True)  # a class folder that is a link: class c
+    raw = folder_mod.read_folder(folder)
+    assert raw.classes == ["a", "b", "c"]
+    assert np.bincount(raw.train.labels).tolist() == [2, 2 + 1 + 2, 2]
+    linked = raw.train.images[raw.train.labels == 2]
+    assert np.array_equal(linked, raw.train.images[raw.train.labels == 0])  # class c holds class a's images
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_links_out_of_the_folder_are_refused_naming_the_link(run_cli, tmp_path, tiny_params, kind):
     outside = write_image_folder(tmp_path / "outside", n_per_class=1, classes=("secret",))
     folder = write_image_folder(tmp_path / "imgs", n_per_class=2)
-    os.symlink(outside / "secret" / "img000.png", folder / "a" / "link.png")
-    os.symlink(outside / "secret", folder / "b" / "linked_dir")
-    raw = folder_mod.read_folder(folder)
-    assert len(raw.train.labels) == 4
+    target = outside / "secret" / "img000.png" if kind == "file" else outside / "secret"
+    os.symlink(target, folder / "a" / "link")
+    result = download(run_cli, tiny_params, tmp_path / "raw", folder)
+    assert_clean(result, f"link {folder / 'a' / 'link'} -> {target} leads out of image folder", "remove the link")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_directory_link_that_loops_is_refused(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    os.symlink("..", folder / "a" / "up")
+    with pytest.raises(PixelNetError, match="leads back to a folder it sits in"):
+        folder_mod.read_folder(folder)
 
 
 def test_output_directory_that_cannot_be_written(run_cli, tmp_path, tiny_params, image_folder):

@@ -3,10 +3,9 @@
 Layout: either images directly in the folder (unlabeled, one class "all"), or
 one subfolder per class (labels from the sorted subfolder names; images may
 sit deeper inside a class folder).  Files with other extensions are skipped
-and counted.  Links that lead out of the folder are not followed.  Modes are
-unified (all grayscale stays grayscale, otherwise everything becomes RGB, alpha
-dropped).  Unreadable, truncated and oversized (decompression-bomb) files are
-errors that name the file.
+and counted.  Modes are unified (all grayscale stays grayscale, otherwise
+everything becomes RGB, alpha dropped).  Unreadable, truncated and oversized
+(decompression-bomb) files are errors that name the file.
 
 Sizes: real photos rarely share one size or shape, so with `size` (data.size)
 every image is made square by the `fit` policy (data.fit) and resized to
@@ -18,12 +17,20 @@ size x size, the way preprocess resizes (antialiased bilinear):
 
 An image already size x size is kept as it is.  Without `size`, images are kept
 as found and must share one size.
+
+Symbolic links: a link whose target stays inside the folder is followed, a
+file link as the image it names, a directory link as a folder of images (in
+the class of the subfolder the link sits in).  A link that leads out of the
+folder is an error naming the link and its target: the folder is the dataset,
+and what it holds should not depend on files elsewhere.  A directory link back
+to a folder it sits in (a loop) is an error too.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +46,29 @@ MAX_PIXELS = 4096 * 4096  # larger images are refused as possible decompression 
 FITS = ("crop", "pad", "stretch")
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(root)
+def _entries(directory: Path, root: Path, ancestors: frozenset[Path]) -> Iterator[Path]:
+    """The files under `directory` (its own first, sorted, then each subfolder's), links inside `root` followed.
+
+    `ancestors`: the real paths of the folders being walked, to refuse a directory link that loops.
+    """
+    children = sorted(directory.iterdir(), key=lambda p: p.name)
+    for path in children:
+        if path.is_symlink():
+            _check_link(path, root)
+    yield from (p for p in children if not p.is_dir())
+    for sub in (p for p in children if p.is_dir()):
+        real = Path(os.path.realpath(sub))
+        if real in ancestors:
+            raise PixelNetError(f"link {sub} -> {os.readlink(sub)} in image folder {root} leads back to a folder "
+                                "it sits in (a loop): remove the link")
+        yield from _entries(sub, root, ancestors | {real})
+
+
+def _check_link(link: Path, root: Path) -> None:
+    """Refuse a link whose target (followed through every link) is outside the folder (module docstring)."""
+    if not Path(os.path.realpath(link)).is_relative_to(root):
+        raise PixelNetError(f"link {link} -> {os.readlink(link)} leads out of image folder {root}: links are followed "
+                            "only inside the folder; copy what it points to into the folder, or remove the link")
 
 
 def _image_files(folder: Path) -> tuple[list[tuple[Path, str | None]], int]:
@@ -48,16 +76,12 @@ def _image_files(folder: Path) -> tuple[list[tuple[Path, str | None]], int]:
     root = Path(os.path.realpath(folder))
     found: list[tuple[Path, str | None]] = []
     skipped = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(folder)
-        label = rel.parts[0] if rel.parts else None
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not _inside(path, root):
-                skipped += 1
-                continue
-            found.append((path, label))
+    for path in _entries(folder, root, frozenset({root})):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped += 1
+            continue
+        rel = path.parent.relative_to(folder)
+        found.append((path, rel.parts[0] if rel.parts else None))
     return found, skipped
 
 
