@@ -90,6 +90,39 @@ def test_train_with_an_unreachable_server_stops_before_training(tmp_path, monkey
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "r").exists()
 
 
+# One worker of a queued sweep on a fresh clone: wait for the other, then open the store and start a run.
+WORKER = """
+import sys, time
+from pathlib import Path
+from pixelnet.tracking import store
+here, me = Path(sys.argv[1]), sys.argv[2]
+(here / f"ready-{me}").touch()
+while len(list(here.glob("ready-*"))) < 2:
+    time.sleep(0.001)
+client = store.connect()
+client.create_run(store.experiment_id(client), tags={"worker": me})
+"""
+
+
+def test_two_workers_starting_together_on_no_database_both_land_their_run(tmp_path):
+    """`dvc queue start -j 2` before any mlflow.db exists: both create the store at once, and neither may fail."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "pixelnet-test"}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), str(k)], cwd=tmp_path, env=env,
+                                stderr=subprocess.PIPE, text=True) for k in range(2)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    exp = MlflowClient(uri).get_experiment_by_name("pixelnet-test")
+    runs = MlflowClient(uri).search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["worker"] for r in runs) == ["0", "1"]
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     """One sqlite store for this module's tests (creating one takes seconds)."""
@@ -102,6 +135,22 @@ def client(tmp_path_factory):
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "pixelnet-test")
         yield store.connect()
     mlflow.set_tracking_uri(None)  # connect() set the process-wide URI to this database
+
+
+def test_an_experiment_another_worker_created_meanwhile_is_found(client, monkeypatch):
+    """The other worker creates the experiment between this one's look-up and its create_experiment."""
+    name = "pixelnet-created-meanwhile"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    theirs = client.create_experiment(name)
+    calls = []
+    real = client.get_experiment_by_name
+
+    def look_up(n):
+        calls.append(n)
+        return None if len(calls) == 1 else real(n)  # not there yet at the first look
+
+    monkeypatch.setattr(client, "get_experiment_by_name", look_up)
+    assert store.experiment_id(client) == theirs
 
 
 def test_a_later_stage_finds_the_newest_run_holding_its_inputs(client):

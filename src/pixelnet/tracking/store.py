@@ -9,10 +9,15 @@ store, with no setting by hand.  Outside DVC it is the nearest directory
 above the working directory holding .dvc or .git.
 
 Several processes may write one sqlite store at once (`dvc queue start -j 2`).
-`connect` puts the database in WAL mode, once, under a file lock, so that a
-reader never blocks a writer and writers wait their turn (MLflow's
-busy_timeout) instead of failing with "database is locked".  One file, no
-server process to start and stop, and the UI reads it as before.
+`connect` opens the store under a file lock (mlflow.db.lock): the first
+MlflowClient of a process creates MLflow's schema when the database does not
+exist yet, and two workers doing that at once fail with "table experiments
+already exists".  Under the same lock it puts the database in WAL mode, once,
+so that a reader never blocks a writer and writers wait their turn (MLflow's
+busy_timeout) instead of failing with "database is locked".  The `pixelnet`
+experiment is created by whichever worker gets there first; the other finds
+it.  One file, no server process to start and stop, and the UI reads it as
+before.
 
 `connect` also checks the store before any work: a server that cannot be
 reached fails the stage at once, rather than after minutes of work whose
@@ -81,26 +86,31 @@ def connect() -> MlflowClient:
             raise PixelNetError(f"MLflow database directory {parent} does not exist or is not writable: "
                                 "fix MLFLOW_TRACKING_URI or the directory's permissions")
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
     if uri.startswith("sqlite:///"):
-        shared_sqlite(client, Path(uri.removeprefix("sqlite:///")))
-    return client
+        return shared_sqlite(uri, Path(uri.removeprefix("sqlite:///")))
+    return MlflowClient(tracking_uri=uri)
 
 
-def shared_sqlite(client: MlflowClient, db: Path) -> None:
-    """Create the database (MLflow's schema) and switch it to WAL mode, one process at a time."""
+def shared_sqlite(uri: str, db: Path) -> MlflowClient:
+    """A client of the sqlite store at `db`, the database created (MLflow's schema) and in WAL mode.
+
+    One process at a time: constructing the client is what creates and migrates the schema (its tracking store
+    is built at once, the registry's on first use), so both happen under the lock.
+    """
     import fcntl
     import sqlite3
 
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting at once must not both create the schema
         try:
-            client.search_experiments(max_results=1)  # creates and migrates the database if needed
+            client = MlflowClient(tracking_uri=uri)  # creates and migrates the database if needed
+            client.search_registered_models(max_results=1)  # the registry's store, over the same tables
             with sqlite3.connect(db, timeout=60) as conn:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
 @contextmanager
@@ -128,7 +138,12 @@ def experiment_id(client: MlflowClient) -> str:
                 client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = (repo_root() / "mlruns").as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
-    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    try:
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # another worker created it since we looked
 
 
 def finish(client: MlflowClient, run_id: str, status: str) -> None:
