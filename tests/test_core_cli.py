@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixelnet.files import sha256_file
+from pixelnet.serve.main import model_facts
 from tests.conftest import REPO, write_params
 
 
@@ -76,6 +78,9 @@ def test_every_command_on_a_16_image_fixture(run_cli, tmp_path, tiny_params, ima
     if given is not None:  # a folder with classes: params.yaml's model.conditional auto makes the model conditional
         assert metrics["test_bits_per_dim_given_label"] == pytest.approx(given, rel=1e-5)
     assert metrics["test_nats_per_image"] == pytest.approx(metrics["test_bits_per_dim"] * 64 * np.log(2))
+    assert metrics["model_sha256"] == sha256_file(d / "model.pt")  # whose figures these are: serve shows them for it
+    shown = model_facts(str(d / "model.pt"), d / "model.pt", d / "eval" / "metrics.json")
+    assert shown["test_bits_per_dim"] == metrics["test_bits_per_dim"]
 
 
 def test_a_folder_of_photos_of_every_size_goes_through_every_command(run_cli, tmp_path, tiny_params):

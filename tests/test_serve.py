@@ -154,6 +154,23 @@ def test_serve_command_errors_are_clean(run_cli, tmp_path):
     assert result.code == 2 and "--port 70000 is not a port" in result.err
 
 
+def test_the_page_shows_a_test_bits_per_dim_only_for_the_model_it_was_computed_for(tmp_path, model, capsys):
+    from pixelnet.files import sha256_file
+    from pixelnet.serve.main import model_facts
+
+    save_checkpoint(model, model.config, tmp_path / "m.pt")
+    metrics = tmp_path / "metrics.json"
+    for recorded, said in [({"model_sha256": sha256_file(tmp_path / "m.pt")}, ""),
+                           ({"model_sha256": "0" * 64}, f"computed for another model than {tmp_path / 'm.pt'}"),
+                           ({}, "does not name its model (no model_sha256)")]:
+        metrics.write_text(json.dumps({"test_bits_per_dim": 1.25} | recorded))
+        facts = model_facts(str(tmp_path / "m.pt"), tmp_path / "m.pt", metrics)
+        assert facts.get("test_bits_per_dim") == (None if said else 1.25), recorded
+        err = capsys.readouterr().err
+        assert said in err and ("not showing a test bits/dim" in err) == bool(said), err
+    assert "test_bits_per_dim" not in model_facts("m.pt", tmp_path / "m.pt", tmp_path / "none.json")
+
+
 def test_serve_is_listed_with_the_stages(run_cli):
     result = run_cli("--help")
     assert result.code == 0 and "serve" in result.out and "train" in result.out

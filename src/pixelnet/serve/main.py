@@ -10,18 +10,39 @@ import typer
 
 from pixelnet.command import model_file, run_command
 from pixelnet.errors import PixelNetError
+from pixelnet.files import sha256_file
 
 
-def model_facts(model: str, metrics: Path | None) -> dict:
-    """What the page shows about the model: its source, and its registry facts or evaluate's test bits/dim."""
+def model_facts(model: str, path: Path, metrics: Path | None) -> dict:
+    """What the page shows about the model: its source, and its registry facts or evaluate's test bits/dim.
+
+    `path`: the model's file (a registered model's, downloaded).  Evaluate's figure is shown only when
+    `metrics` was computed for that file's bytes (evaluated_facts).
+    """
     facts: dict = {"source": model}
     if model.startswith("models:/"):
         from pixelnet.tracking.registry import version_facts
 
         facts |= version_facts(model)
     elif metrics is not None and metrics.is_file():
-        facts["test_bits_per_dim"] = json.loads(metrics.read_text()).get("test_bits_per_dim")
+        facts |= evaluated_facts(path, metrics)
     return facts
+
+
+def evaluated_facts(path: Path, metrics: Path) -> dict:
+    """{test_bits_per_dim} from evaluate's metrics.json when it records `path`'s sha256; else {} and why, on stderr."""
+    try:
+        recorded = json.loads(metrics.read_text())
+    except (ValueError, OSError) as e:
+        typer.echo(f"not showing a test bits/dim: cannot read {metrics} ({e})", err=True)
+        return {}
+    sha = recorded.get("model_sha256") if isinstance(recorded, dict) else None
+    if sha != sha256_file(path):
+        why = f"was computed for another model than {path}" if sha else "does not name its model (no model_sha256)"
+        typer.echo(f"not showing a test bits/dim: {metrics} {why}; `dvc repro evaluate` (or `pixelnet evaluate "
+                   f"--model {path} ...`) computes this model's", err=True)
+        return {}
+    return {"test_bits_per_dim": recorded.get("test_bits_per_dim")}
 
 
 def test_examples(data: Path, config, model: str):
@@ -50,7 +71,8 @@ def command(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     data: Annotated[Path, typer.Option(help="preprocessed data whose test images the page offers to complete")] = Path(
         "data/processed"),
-    metrics: Annotated[Path, typer.Option(help="evaluate's metrics.json, for a checkpoint's test bits/dim")] = Path(
+    metrics: Annotated[Path, typer.Option(
+        help="evaluate's metrics.json: the checkpoint's test bits/dim, shown if it was computed for this file")] = Path(
         "reports/evaluate/metrics.json"),
 ) -> None:
     """Serve a page where the model draws images row by row, and completes test images or your drawing."""
@@ -63,7 +85,7 @@ def command(
         raise PixelNetError(f"--port {port} is not a port: choose one in 1 .. 65535")
     with model_file(model) as path:
         net, config = load_model(path)
-        facts = model_facts(model, metrics)
+        facts = model_facts(model, path, metrics)
     examples, example_labels, dataset = test_examples(Path(data), config, model)
     facts["dataset"] = facts.get("dataset") or dataset
     typer.echo(f"PixelNet serving {model} on http://{host}:{port}/ (Ctrl-C stops)")

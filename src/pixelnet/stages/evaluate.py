@@ -1,6 +1,9 @@
 """The evaluate stage: test bits/dim, the samples' quality by a classifier, and the figures.
 
 Writes metrics.json (deterministic), samples_vs_real.png and loss_curves.png.
+metrics.json records the sha256 of the model file it was computed for
+(`model_sha256`), so that a figure shown beside a model (`pixelnet serve`) is
+shown only for that model's bytes.
 With --mlflow it also decides whether the model version becomes `champion`
 (tracking/registry.py) and writes that decision to champion.json, which is
 not a DVC output: it depends on the registry, not only on the stage's inputs.
@@ -25,7 +28,7 @@ from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import class_grid, classes_in_turn, plot_loss_curves, side_by_side
 from pixelnet.evaluation.nll import test_nll
 from pixelnet.evaluation.quality import format_table, sample_quality
-from pixelnet.files import make_dir, write_json
+from pixelnet.files import make_dir, sha256_file, write_json
 from pixelnet.model.likelihood import class_prior
 from pixelnet.training.distributed import select_device
 
@@ -90,6 +93,7 @@ def evaluate(
     prior = class_prior(load_split(data_dir, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
     metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels, prior=prior)
     metrics["test_images"] = len(test.images)
+    metrics["model_sha256"] = sha256_file(model_path)  # whose figures these are (serve/main.py reads it)
     make_dir(out_dir)
     samples, labels = read_samples(samples_path, manifest, mcfg.levels)
     metrics.update(sample_scores(samples, data_dir=data_dir, manifest=manifest, test=test, levels=mcfg.levels,
