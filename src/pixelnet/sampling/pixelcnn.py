@@ -136,7 +136,7 @@ class PixelCNNIncremental:
         self.plan = [self._plan(g) for g in range(self.groups)]
 
     def _plan(self, g: int) -> list[tuple]:
-        """Group g's weights, biases and group-g output views: input conv, each block, head (unpacked in `logits`)."""
+        """Group g's weights, biases and group-g output views: input conv, each block, head (unpacked in `output`)."""
         def out(buf: torch.Tensor, conv: PreparedConv) -> torch.Tensor:
             return buf[:, conv.slices[g]]
 
