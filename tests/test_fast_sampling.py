@@ -125,6 +125,14 @@ def test_models_without_a_fast_form_or_in_train_mode_are_refused():
         sample_fast(Other(), sampling_noise(1, 1, 5, 6, seed=0))
 
 
+def test_every_architecture_has_an_incremental_form():
+    """The sample and complete stages have no fallback for a model without one: a new architecture needs one."""
+    from pixelnet.model.build import ARCHITECTURES
+    from pixelnet.sampling.fast import IMPLEMENTATIONS
+
+    assert [arch for arch, cls in ARCHITECTURES.items() if cls not in IMPLEMENTATIONS] == []
+
+
 def tiny_checkpoint(tmp_path):
     model = random_model(levels=4, first_kernel=3, kernel=3, blocks=1)
     save_checkpoint(model, model.config, tmp_path / "model.pt")

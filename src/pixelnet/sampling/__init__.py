@@ -10,7 +10,7 @@
 Both samplers draw the same images from the same noise (tests/test_fast_sampling.py).
 """
 
-from pixelnet.sampling.fast import complete, sample_fast, supports
+from pixelnet.sampling.fast import complete, sample_fast
 from pixelnet.sampling.naive import sample_naive, sampling_noise
 
-__all__ = ["complete", "sample_fast", "sample_naive", "sampling_noise", "supports"]
+__all__ = ["complete", "sample_fast", "sample_naive", "sampling_noise"]

@@ -10,7 +10,9 @@ forward pass of arithmetic in total, plus a fixed overhead per sub-pixel.
 A conditional model takes its class `labels`, as in sample_naive.
 
 An architecture gets fast sampling by providing an incremental form with
-the `Incremental` methods and an entry in `IMPLEMENTATIONS`.
+the `Incremental` methods and an entry in `IMPLEMENTATIONS`; every
+architecture has one (tests/test_fast_sampling.py checks), so the sample and
+complete stages need no fallback for a model without one.
 
 `complete` keeps the top rows of real images and samples the rest.
 """
@@ -58,11 +60,6 @@ IMPLEMENTATIONS: dict[type[nn.Module], Callable[[nn.Module, int, torch.Tensor | 
     GatedPixelCNN: GatedIncremental,
     PixelCNNPP: PixelCNNPPIncremental,
 }
-
-
-def supports(model: nn.Module) -> bool:
-    """Whether `model`'s architecture has an incremental form (else sample it with the naive method)."""
-    return type(model) in IMPLEMENTATIONS
 
 
 def incremental(model: nn.Module, n: int, labels: torch.Tensor | None = None) -> Incremental:

@@ -20,12 +20,11 @@ from pixelnet.checkpoint import load_model
 from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_stage, run_command
 from pixelnet.config import CompleteConfig
 from pixelnet.data.processed import check_fits, load_split, read_manifest
+from pixelnet.device import select_device
 from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import completion_grid, display_scale
 from pixelnet.files import make_dir, write_json
 from pixelnet.sampling import complete as complete_images
-from pixelnet.sampling import supports
-from pixelnet.training.distributed import select_device
 
 
 def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: Path, device: str = "auto") -> dict:
@@ -35,8 +34,6 @@ def complete(cfg: CompleteConfig, *, model_path: Path, data_dir: Path, out_dir: 
     by class, and the first ones would then all show one class).
     """
     model, mcfg = load_model(model_path, device=select_device(device))
-    if not supports(model):
-        raise PixelNetError(f"completion uses the fast sampler, which has no cached form for model.arch {mcfg.arch}")
     manifest = read_manifest(data_dir)
     check_fits(manifest, mcfg, model_path=model_path, data_dir=data_dir)
     if cfg.rows >= mcfg.height:

@@ -24,13 +24,13 @@ from pixelnet.checkpoint import load_model
 from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_stage, run_command
 from pixelnet.config import EvaluateConfig
 from pixelnet.data.processed import check_fits, load_split, read_manifest
+from pixelnet.device import select_device
 from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import class_grid, classes_in_turn, plot_loss_curves, side_by_side
 from pixelnet.evaluation.nll import test_nll
 from pixelnet.evaluation.quality import format_table, sample_quality
 from pixelnet.files import make_dir, sha256_file, write_json
 from pixelnet.model.likelihood import class_prior
-from pixelnet.training.distributed import select_device
 
 
 def sample_scores(samples: np.ndarray, *, data_dir: Path, manifest: dict, test, levels: int,

@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 from pixelnet.checkpoint import load_model
 from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, model_file, report_stage, run_command
 from pixelnet.config import SampleConfig
+from pixelnet.device import select_device
 from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import class_grid
 from pixelnet.files import make_dir, write_json
 from pixelnet.model import ModelConfig
-from pixelnet.sampling import sample_fast, sample_naive, sampling_noise, supports
-from pixelnet.training.distributed import select_device
+from pixelnet.sampling import sample_fast, sample_naive, sampling_noise
 
 
 def sample_labels(cfg: SampleConfig, mcfg: ModelConfig) -> tuple[torch.Tensor | None, int | None]:
@@ -50,8 +50,6 @@ def sample_labels(cfg: SampleConfig, mcfg: ModelConfig) -> tuple[torch.Tensor | 
 def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:
     """Draw cfg.n images; write samples.npy, labels.npy, grid.png, sample.json and timing.json."""
     model, mcfg = load_model(model_path, device=select_device(device))
-    if cfg.method == "fast" and not supports(model):
-        raise PixelNetError(f"sample.method fast has no cached form for model.arch {mcfg.arch}: set sample.method=naive")
     labels, per_row = sample_labels(cfg, mcfg)
     noise = sampling_noise(cfg.n, mcfg.image_channels, mcfg.height, mcfg.width, seed=cfg.seed)
     progress = lambda rows: tqdm(rows, desc=f"sample {cfg.n} ({cfg.method})", unit="row")  # noqa: E731

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from pixelnet.device import select_device
 from pixelnet.errors import ConfigError, PixelNetError
 
 ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
@@ -130,20 +131,6 @@ def from_env() -> tuple[int, int, int]:
 def is_main_process() -> bool:
     """Rank 0, or a run outside torchrun: the process that writes files and talks to MLflow."""
     return from_env()[1] == 0
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """train.device -> this process's device: auto is CUDA when there is one; under torchrun, GPU LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cuda":
-        return torch.device(name)
-    if not torch.cuda.is_available():
-        raise PixelNetError("train.device is cuda but PyTorch sees no CUDA device: set train.device=auto or cpu")
-    if local_rank >= torch.cuda.device_count():
-        raise PixelNetError(f"LOCAL_RANK {local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
-                            "start at most that many processes per node (torchrun --nproc_per_node)")
-    return torch.device("cuda", local_rank)
 
 
 @contextmanager
