@@ -69,8 +69,8 @@ def test_marginal_of_a_conditional_model_is_a_distribution_over_images(prior):
     assert float(torch.exp(-nll).sum()) == pytest.approx(1.0, abs=1e-6)  # sum_x p(x) = 1
 
 
-def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_reports_both():
-    from pixelnet.evaluation.nll import test_nll
+def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_heldout_nll_reports_both():
+    from pixelnet.evaluation.nll import heldout_nll
     from pixelnet.model.likelihood import class_prior, marginal_nll_nats, total_nll_nats
 
     model, cpu = tiny_conditional(), torch.device("cpu")
@@ -83,7 +83,7 @@ def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_repo
     labels = torch.arange(16) % 3
     prior = class_prior(labels, 3)
     assert prior.tolist() == pytest.approx([6 / 16, 5 / 16, 5 / 16])
-    out = test_nll(model, images, batch_size=4, device=cpu, labels=labels, prior=prior)
+    out = heldout_nll(model, images, batch_size=4, device=cpu, labels=labels, prior=prior)
     dims = 4
     marginal = float(marginal_nll_nats(model, images, prior=prior, batch_size=16, device=cpu).sum())
     assert out["test_bits_per_dim"] == pytest.approx(marginal / (16 * dims * math.log(2)), rel=1e-6)
@@ -97,7 +97,7 @@ def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_test_nll_repo
     from pixelnet.model.build import build_model
 
     unconditional = build_model(replace(model.config, conditional=False, n_classes=0)).eval()
-    out = test_nll(unconditional, images, batch_size=4, device=cpu, labels=labels, prior=prior)
+    out = heldout_nll(unconditional, images, batch_size=4, device=cpu, labels=labels, prior=prior)
     assert set(out) == {"test_bits_per_dim", "test_nats_per_image"}
 
 

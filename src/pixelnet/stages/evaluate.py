@@ -27,7 +27,7 @@ from pixelnet.data.processed import check_fits, load_split, read_manifest
 from pixelnet.device import select_device
 from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import class_grid, classes_in_turn, plot_loss_curves, side_by_side
-from pixelnet.evaluation.nll import test_nll
+from pixelnet.evaluation.nll import heldout_nll
 from pixelnet.evaluation.quality import format_table, sample_quality
 from pixelnet.files import make_dir, sha256_file, write_json
 from pixelnet.model.likelihood import class_prior
@@ -91,7 +91,7 @@ def evaluate(
     test = load_split(data_dir, "test", manifest)
     check_fits(manifest, mcfg, model_path=model_path, data_dir=data_dir)
     prior = class_prior(load_split(data_dir, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
-    metrics = test_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels, prior=prior)
+    metrics = heldout_nll(model, test.images, batch_size=cfg.batch_size, device=device, labels=test.labels, prior=prior)
     metrics["test_images"] = len(test.images)
     metrics["model_sha256"] = sha256_file(model_path)  # whose figures these are (serve/main.py reads it)
     make_dir(out_dir)
