@@ -59,7 +59,7 @@ def test_preset_command_prints_dvc_options_and_refuses_a_bad_preset(tmp_path, ru
     bad.write_text("model:\n  arch: pixelcnnpp\n  filters: 160\n")
     result = run_cli("preset", bad, "--params", REPO / "params.yaml")
     assert result.code == 2 and "Traceback" not in result.err
-    assert result.err.startswith(f"error: preset {bad}: unknown parameter model.filters"), result.err  # not params.yaml's
+    assert result.err.startswith(f"error: preset {bad}: unknown parameter model.filters"), result.err  # not params.yaml
     bad.write_text("train:\n  lr: 2.0\n")
     result = run_cli("preset", bad, "--params", REPO / "params.yaml")
     assert result.code == 2 and result.err.startswith(f"error: preset {bad}: train.lr"), result.err
