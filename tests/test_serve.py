@@ -182,7 +182,7 @@ def test_a_client_that_disconnects_stops_its_generation():
 
     import httpx
 
-    from benchmarks.browser import serving
+    from tests.browser import serving
 
     slow = random_model(levels=4, height=28, width=28, blocks=7, channels=64, first_kernel=7, kernel=5)  # ~1 s whole
     app = create_app(slow, slow.config, facts={})
