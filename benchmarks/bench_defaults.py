@@ -25,7 +25,7 @@ import torch
 from pixelnet.checkpoint import load_model
 from pixelnet.config import load_params
 from pixelnet.data.processed import load_split, read_manifest
-from pixelnet.evaluation.nll import test_nll
+from pixelnet.evaluation.nll import heldout_nll
 from pixelnet.evaluation.quality import sample_quality
 from pixelnet.model.likelihood import class_prior
 from pixelnet.stages.download import download
@@ -52,7 +52,7 @@ def measure(overrides: list[str], *, params_path: Path, work: Path, temperatures
     manifest = read_manifest(data)
     test = load_split(data, "test", manifest)
     prior = class_prior(load_split(data, "train", manifest).labels, mcfg.n_classes) if mcfg.conditional else None
-    nll = test_nll(model, test.images, batch_size=64, device=torch.device("cpu"), labels=test.labels, prior=prior)
+    nll = heldout_nll(model, test.images, batch_size=64, device=torch.device("cpu"), labels=test.labels, prior=prior)
     rows = []
     for t in temperatures or [params.sample.temperature]:
         out = run / f"sample-t{t}"

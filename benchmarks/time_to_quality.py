@@ -46,7 +46,7 @@ import torch
 
 from pixelnet.config import load_params
 from pixelnet.data.processed import load_split, read_manifest
-from pixelnet.evaluation.nll import test_nll
+from pixelnet.evaluation.nll import heldout_nll
 from pixelnet.evaluation.quality import sample_quality
 from pixelnet.model.build import build_model
 from pixelnet.model.likelihood import class_prior
@@ -126,7 +126,7 @@ def marginal_bpd(model, *, train, test) -> float:
     """Test bits/dim of the images alone (for a conditional model, summed over the train split's classes)."""
     cfg = model.config
     prior = class_prior(train.labels, cfg.n_classes) if cfg.conditional else None
-    return test_nll(model, test.images, batch_size=64, device=CPU, labels=test.labels, prior=prior)["test_bits_per_dim"]
+    return heldout_nll(model, test.images, batch_size=64, device=CPU, labels=test.labels, prior=prior)["test_bits_per_dim"]
 
 
 def scores_of(model, *, splits: dict, n_classes: int, sample_cfg, seed: int = 0) -> dict:

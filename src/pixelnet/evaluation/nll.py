@@ -31,6 +31,3 @@ def heldout_nll(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int
             out |= {"test_bits_per_dim": bits_per_dim(total, n, dims), "test_nats_per_image": total / n}
     return out
 
-
-# The old name, for benchmarks/bench_defaults.py and benchmarks/time_to_quality.py until they import heldout_nll.
-test_nll = heldout_nll
