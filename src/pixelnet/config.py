@@ -75,7 +75,9 @@ class TrainConfig:
     ema_decay: float = 0.999  # 0 = off; else the EMA of the weights is what is validated and saved
     max_minutes: float | None = None  # wall-clock budget, checked between epochs (training/loop.py)
     compile: bool = False  # torch.compile the loss and its backward
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: bfloat16 autocast around the forward pass (GPUs)
+    # bf16: bfloat16 autocast around the forward pass; auto: bf16 where the CPU or GPU runs it natively
+    # (training/precision.py), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = 50  # optimizer steps between saves of the resume state; 0 = at epoch ends only
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, make_norm, scale_input, shift_down
+from pixelnet.model.layers import MaskedConv2d, in_float32, make_norm, scale_input, shift_down
 from pixelnet.model.masks import conv_mask
 
 
@@ -69,7 +69,7 @@ class GatedLayer(nn.Module):
         h_pre = F.conv2d(F.pad(h, (r, 0, 0, 0)), self.horizontal.weight * self.h_mask, self.horizontal.bias)
         h_pre = h_pre + self.v_to_h(shift_down(v_pre))  # the vertical stack, rows < i only
         if self.embed is not None:
-            cond_v, cond_h = self.embed(labels)[:, :, None, None].chunk(2, dim=1)
+            cond_v, cond_h = self.embed(labels)[:, :, None, None].to(v_pre.dtype).chunk(2, dim=1)
             v_pre, h_pre = v_pre + cond_v, h_pre + cond_h
         h_gated = gate(h_pre)
         skip = self.skip(h_gated)
@@ -106,4 +106,4 @@ class GatedPixelCNN(nn.Module):
         for layer in self.layers:
             v, h, s = layer(v, h, labels)
             skip = skip + s
-        return self.distribution.arrange(self.head(skip))
+        return self.distribution.arrange(in_float32(self.head, skip))

@@ -13,6 +13,8 @@ its work (2 x 3 taps instead of 3 x 3, 4 x 7 instead of 7 x 7).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -52,6 +54,16 @@ class MaskedConv2d(nn.Conv2d):
             return F.conv2d(x, self.masked_weight(), self.bias)
         # Padding (left, right, top, bottom) = (p, p, p, 0) with kernel rows 0 .. p: output row i reads rows i - p .. i.
         return F.conv2d(F.pad(x, (p, p, p, 0)), self.masked_weight()[:, :, : p + 1], self.bias)
+
+
+def in_float32(fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
+    """fn(*xs) in float32 even inside a bf16 autocast region: for the output heads, whose last layer gives the
+    distribution's parameters (in bf16 a mixture mean in [0.5, 1) moves in steps of half a 256-level bin)."""
+    device_type = xs[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return fn(*xs)
+    with torch.autocast(device_type, enabled=False):
+        return fn(*(x.float() for x in xs))
 
 
 def scale_input(x: torch.Tensor, levels: int) -> torch.Tensor:

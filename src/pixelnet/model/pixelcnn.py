@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, ResidualBlock, scale_input
+from pixelnet.model.layers import MaskedConv2d, ResidualBlock, in_float32, scale_input
 
 
 class PixelCNN(nn.Module):
@@ -54,8 +54,9 @@ class PixelCNN(nn.Module):
         if self.embed is None:
             feats = self.blocks(feats)
         else:
-            biases = self.embed(labels)[:, :, None, None].chunk(len(self.blocks) + 1, dim=1)  # each (B, h, 1, 1)
+            biases = self.embed(labels)[:, :, None, None].to(feats.dtype)  # in the activations' dtype (bf16 autocast)
+            biases = biases.chunk(len(self.blocks) + 1, dim=1)  # each (B, h, 1, 1)
             feats = feats + biases[0]
             for block, bias in zip(self.blocks, biases[1:]):
                 feats = block(feats) + bias
-        return self.distribution.arrange(self.head(feats))
+        return self.distribution.arrange(in_float32(self.head, feats))

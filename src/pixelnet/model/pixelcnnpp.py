@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, scale_input, shift_down, shift_right
+from pixelnet.model.layers import MaskedConv2d, in_float32, scale_input, shift_down, shift_right
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ class GatedResnet(nn.Module):
             c = c + self.nin_skip(concat_elu(a))
         c = self.conv_out(self.dropout(concat_elu(c)))
         if self.embed is not None:
-            c = c + self.embed(labels)[:, :, None, None]
+            c = c + self.embed(labels)[:, :, None, None].to(c.dtype)  # under bf16 autocast the stream stays bf16
         gate, value_gate = c.chunk(2, dim=1)
         return x + gate * torch.sigmoid(value_gate)
 
@@ -193,7 +193,7 @@ class PixelCNNPP(nn.Module):
             for u_layer, ul_layer in block:
                 u = u_layer(u, us.pop(), labels)
                 ul = ul_layer(ul, torch.cat([u, uls.pop()], dim=1), labels)
-        return self.distribution.arrange(self.head(F.elu(ul), xs))
+        return self.distribution.arrange(in_float32(self.head, F.elu(ul), xs))
 
     def head(self, features: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """The head's output from elu(ul) and the scaled image (whose current pixel only a softmax over RGB reads)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,7 @@ from pixelnet.model.build import build_model
 from pixelnet.model.likelihood import class_prior
 from pixelnet.training import distributed
 from pixelnet.training.loop import batches_per_epoch, fit
+from pixelnet.training.precision import resolve_precision
 from pixelnet.training.resume import (
     TIMING_FIELDS,
     EpochRecord,
@@ -89,6 +91,9 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
     model_cfg = model_config_for(params, manifest, data_dir)
     model = build_model(model_cfg)
     with distributed.session(params.train.device, batch_size=params.train.batch_size) as (dist, device):
+        # From here on train.precision is what this device runs ("auto" resolved): the fingerprint and reports say so.
+        params = replace(params, train=replace(params.train, precision=resolve_precision(params.train.precision,
+                                                                                         device)))
         if dist.main:
             make_dir(reports_dir)
             if state_path is not None:
@@ -155,6 +160,7 @@ def _write_train_outputs(params: Params, model, model_cfg: ModelConfig, history:
         "budget_bound": len(history) < params.train.epochs,  # train.max_minutes stopped it: not reproducible
         "steps": last.step,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "precision": params.train.precision,  # train.precision as resolved for the device (training/precision.py)
     }
     timing = {
         "train_seconds": last.elapsed_seconds,  # summed over the sessions of a resumed run

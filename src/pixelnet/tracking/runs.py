@@ -178,6 +178,7 @@ def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: P
             if validation_dir is not None:
                 log_dir(client, run_id, validation_dir, "validation")
             log_batch(client, run_id, tags={"model_version": version, "model_id": model_id,
+                                            "train.precision_used": str(metrics.get("precision")),
                                             "model_sha256": sha256_file(model_path), "train.done": "true"})
     except BaseException:
         finish(client, run_id, "FAILED")

@@ -25,9 +25,9 @@ Time to quality (train section of params.yaml):
   binds.
 - `compile: true` runs the loss and its backward through torch.compile
   (the compile time is part of the first epoch's time).
-- `precision: bf16` runs the forward pass under bfloat16 autocast; the loss is
-  computed in float32.  It is what makes GPUs fast; on a CPU without
-  AVX512-BF16 (or AMX) it is slower than float32.
+- `precision: bf16` runs the forward pass under bfloat16 autocast; the output
+  head and the loss compute in float32.  `auto` (the default) is bf16 where
+  the CPU (AVX-512 BF16, AMX) or the GPU runs it natively (precision.py).
 
 Resume after any kill: `fit` saves and continues from the run's full state (resume.py).
 
@@ -59,6 +59,7 @@ from pixelnet.model.likelihood import (
     total_nll_nats,
 )
 from pixelnet.training.distributed import Dist
+from pixelnet.training.precision import resolve_precision
 from pixelnet.training.resume import EpochRecord, Progress, capture, finished, set_rng_state
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
@@ -133,8 +134,9 @@ class TrainStep:
             self.opt, lambda s: lr_factor(s, total_steps, schedule=cfg.lr_schedule, warmup_steps=warmup,
                                  decay=cfg.lr_decay))
         self.ema = EMA(self.module, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        device_type = next(self.module.parameters()).device.type
-        bf16 = cfg.precision == "bf16"
+        device = next(self.module.parameters()).device
+        bf16 = resolve_precision(cfg.precision, device) == "bf16"
+        device_type = device.type
 
         def loss_of(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
