@@ -12,14 +12,7 @@ Each module holds the stage's function (`train(params, *, data_dir, ...) -> dict
 which tests call directly, and `command`, a thin Typer command that parses paths,
 loads params.yaml and calls it.  dvc.yaml runs `python -m pixelnet.stages.NAME`, so
 a stage's process loads only what that stage needs, and its deps in dvc.yaml can
-list exactly that (tests/test_stage_deps.py checks them against what it loaded).
+list exactly that (tests/test_pipeline.py checks them against what it loaded).
 The stage functions write files and set process-wide torch state (seeds,
 deterministic kernels, threads): they are the I/O shell around the library.
 """
-
-import os
-
-# OpenMP threads that wait by spinning take the cores from the other thread of the same op when the machine is
-# busy (docs/sampling.md).  OpenMP reads this when torch loads it, so it is set before any stage imports torch;
-# a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
