@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/browser.py, when run as a script
-import browser  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/browser.py
+from tests import browser  # noqa: E402  (the driver the browser tests use)
 
 
 def main() -> None:
