@@ -1,8 +1,7 @@
-"""PixelCNN++: the odd-size rule, causality over sub-pixels, no blind spot, dropout, conditioning, fast sampling."""
+"""PixelCNN++: the odd-size rule, causality over sub-pixels, no blind spot, dropout, conditioning."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
@@ -11,8 +10,6 @@ import torch
 from pixelnet.errors import ConfigError
 from pixelnet.model import ModelConfig, ModelParams
 from pixelnet.model.build import build_model
-from pixelnet.sampling import sample_naive, sampling_noise
-from pixelnet.sampling.fast import sample_fast
 from tests.conftest import model_config
 
 
@@ -109,41 +106,6 @@ def test_label_changes_the_outputs_only_when_conditional():
         assert not torch.allclose(cond(x, torch.tensor([0, 0])), cond(x, torch.tensor([1, 2])))
         plain = make()
         assert torch.equal(plain(x), plain(x, torch.tensor([1, 2])))
-
-
-@pytest.mark.parametrize("head, overrides", [
-    ("logistic_mixture", {}),
-    ("logistic_mixture", {"image_channels": 3, "conditional": True, "n_classes": 3}),
-    ("softmax", {"image_channels": 3}),
-    ("softmax", {"conditional": True, "n_classes": 3, "norm": "none"}),
-    ("logistic_mixture", {"height": 7, "width": 9, "resolutions": 4, "resnet_layers": 2}),
-    ("logistic_mixture", {"image_channels": 3, "height": 5, "width": 7, "resolutions": 1, "levels": 256}),
-])
-@pytest.mark.parametrize("temperature, start_row", [(1.0, 0), (0.7, 3)])
-def test_fast_equals_naive(head, overrides, temperature, start_row):
-    """The cached sampler draws the naive sampler's images: gray and RGB, both heads, conditional, odd sizes,
-    one level or four, completion from given rows and tempered sampling."""
-    model = make(head=head, sharpen=4.0, **overrides)
-    cfg = model.config
-    n = 3
-    noise = sampling_noise(n, cfg.image_channels, cfg.height, cfg.width, seed=5)
-    labels = torch.arange(n) % cfg.n_classes if cfg.conditional else None
-    given = torch.randint(0, cfg.levels, (n, cfg.image_channels, cfg.height, cfg.width),
-                          generator=torch.Generator().manual_seed(9))
-    kwargs = {"temperature": temperature, "labels": labels, "given": given, "start_row": start_row}
-    fast, naive = sample_fast(model, noise, **kwargs), sample_naive(model, noise, **kwargs)
-    assert torch.equal(fast, naive)
-    assert torch.equal(fast[:, :, :start_row], given[:, :, :start_row].to(torch.uint8))
-    assert len(fast.unique()) > 3
-
-
-def test_fast_sampler_refuses_training_mode_and_missing_labels():
-    model = make(conditional=True, n_classes=3)
-    noise = sampling_noise(1, 1, 6, 6, seed=0)
-    with pytest.raises(ValueError, match="labels"):
-        sample_fast(model, noise)
-    with pytest.raises(ValueError, match="eval mode"):
-        sample_fast(copy.deepcopy(model).train(), noise, labels=torch.tensor([0]))
 
 
 def test_head_and_norm_follow_the_architecture():
