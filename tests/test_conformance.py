@@ -184,12 +184,7 @@ def test_fast_sampler_draws_the_naive_samplers_images(case, sampling):
     assert len(fast[:, :, start_row:].unique()) >= min(3, cfg.levels)  # not a degenerate image any sampler would match
 
 
-# GatedIncremental reads the labels without checking for them (an AttributeError): drop this mark once it checks.
-GATED_MISSES_LABELS = pytest.mark.xfail(strict=True, raises=AttributeError, reason="gated does not check for labels")
-
-
-@pytest.mark.parametrize("arch", [pytest.param(arch, marks=GATED_MISSES_LABELS if arch == "gated" else ())
-                                  for arch in ARCHITECTURES])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_forms_refuse_a_model_in_train_mode_and_missing_labels(arch):
     model = build({"arch": arch, "conditional": True})
     with pytest.raises(ValueError, match="eval mode"):

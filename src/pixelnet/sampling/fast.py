@@ -11,7 +11,7 @@ A conditional model takes its class `labels`, as in sample_naive.
 
 An architecture gets fast sampling by providing an incremental form with
 the `Incremental` methods and an entry in `IMPLEMENTATIONS`; every
-architecture has one (tests/test_fast_sampling.py checks), so the sample and
+architecture has one (tests/test_conformance.py checks), so the sample and
 complete stages need no fallback for a model without one.
 
 `complete` keeps the top rows of real images and samples the rest.
@@ -67,6 +67,10 @@ def incremental(model: nn.Module, n: int, labels: torch.Tensor | None = None) ->
     form = IMPLEMENTATIONS.get(type(model))
     if form is None:
         raise ValueError(f"no fast sampler for {type(model).__name__}; use the naive method")
+    if model.training:  # BatchNorm folds its running statistics and dropout is off only in eval mode
+        raise ValueError("put the model in eval mode (model.eval()) before sampling")
+    if model.config.conditional and labels is None:
+        raise ValueError("a conditional model needs labels (N,) to sample")
     return form(model, n, labels)
 
 

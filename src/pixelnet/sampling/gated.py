@@ -62,8 +62,6 @@ class GatedIncremental:
     """Row caches and a one-position step for a `GatedPixelCNN` in eval mode, batch size n."""
 
     def __init__(self, model: GatedPixelCNN, n: int, labels: torch.Tensor | None = None) -> None:
-        if model.training:
-            raise ValueError("put the model in eval mode (model.eval()) before sampling")
         cfg = model.config
         self.n, self.levels, self.c, self.height, self.width = n, cfg.levels, cfg.image_channels, cfg.height, cfg.width
         self.per_group = model.distribution.out_channels // model.distribution.groups

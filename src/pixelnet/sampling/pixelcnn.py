@@ -96,10 +96,6 @@ class PixelCNNIncremental:
     """
 
     def __init__(self, model: PixelCNN, n: int, labels: torch.Tensor | None = None) -> None:
-        if model.training:
-            raise ValueError("put the model in eval mode (model.eval()) before sampling")
-        if model.embed is not None and labels is None:
-            raise ValueError("a conditional model needs labels (N,) to sample")
         cfg = model.config
         self.levels, self.groups = cfg.levels, model.distribution.groups
         self.n, self.height, self.width = n, cfg.height, cfg.width

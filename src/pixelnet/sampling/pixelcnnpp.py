@@ -134,10 +134,6 @@ class PixelCNNPPIncremental:
     """Per-conv buffers and a one-position step for a `PixelCNNPP` in eval mode, batch size n."""
 
     def __init__(self, model: PixelCNNPP, n: int, labels: torch.Tensor | None = None) -> None:
-        if model.training:
-            raise ValueError("put the model in eval mode (model.eval()) before sampling")
-        if model.config.conditional and labels is None:
-            raise ValueError("a conditional model needs labels (N,) to sample")
         cfg = model.config
         self.n, self.c, self.levels, self.width = n, cfg.image_channels, cfg.levels, cfg.width
         self.mixture = cfg.head == "logistic_mixture"
