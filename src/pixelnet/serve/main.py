@@ -78,19 +78,24 @@ def command(
     """Serve a page where the model draws images row by row, and completes test images or your drawing."""
     import uvicorn
 
+    if not 1 <= port <= 65535:
+        raise PixelNetError(f"--port {port} is not a port: choose one in 1 .. 65535")
+    app = page_app(model, data=Path(data), metrics=metrics)
+    typer.echo(f"PixelNet serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def page_app(model: str, *, data: Path, metrics: Path | None):
+    """The page's app for `model` (a checkpoint or a registered model), with its facts and data's test images."""
     from pixelnet.checkpoint import load_model
     from pixelnet.serve.app import create_app
 
-    if not 1 <= port <= 65535:
-        raise PixelNetError(f"--port {port} is not a port: choose one in 1 .. 65535")
     with model_file(model) as path:
         net, config = load_model(path)
         facts = model_facts(model, path, metrics)
-    examples, example_labels, dataset = test_examples(Path(data), config, model)
+    examples, example_labels, dataset = test_examples(data, config, model)
     facts["dataset"] = facts.get("dataset") or dataset
-    typer.echo(f"PixelNet serving {model} on http://{host}:{port}/ (Ctrl-C stops)")
-    app = create_app(net, config, facts=facts, examples=examples, example_labels=example_labels)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return create_app(net, config, facts=facts, examples=examples, example_labels=example_labels)
 
 
 if __name__ == "__main__":
