@@ -48,7 +48,7 @@ class DataConfig:
     size: int = 28  # images are resized to size x size
     mode: Literal["keep", "gray", "rgb"] = "keep"
     fit: Literal["crop", "pad", "stretch"] = "crop"  # a folder's images of other sizes/shapes to size x size
-    levels: int = 2  # intensity levels per sub-pixel; 2 binarizes, 256 keeps the raw 8 bits
+    levels: int = 256  # intensity levels per sub-pixel; 256 keeps the raw 8 bits, 2 binarizes
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # used only when the source has no official test split
     seed: int = 0  # the train/val/test split
@@ -65,7 +65,7 @@ class DataConfig:
 class TrainConfig:
     SECTION: ClassVar[str] = "train"
 
-    epochs: int = 4
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 3e-3  # the peak learning rate
     # After the warmup: cosine to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).
