@@ -15,6 +15,7 @@ Both are PNGs of a few tens of kB, so git keeps them; rerun this when the defaul
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -62,8 +63,9 @@ def main() -> None:
     if not figure.is_file():
         raise SystemExit(f"error: {figure} is missing: run `dvc repro` first")
     scaled(figure, args.out / "samples_vs_real.png", args.width)
-    page_screenshot(REPO / "models" / "model.pt", REPO / "reports" / "evaluate" / "metrics.json",
-                    REPO / "data" / "processed", args.out / "serve.png", args.width)
+    os.chdir(REPO)  # the page names the model as `pixelnet serve --model models/model.pt` does
+    page_screenshot(Path("models/model.pt"), Path("reports/evaluate/metrics.json"), Path("data/processed"),
+                    args.out / "serve.png", args.width)
 
 
 if __name__ == "__main__":
