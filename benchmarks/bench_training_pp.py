@@ -41,6 +41,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_training's run(), when run as a script
+from bench_training import run  # noqa: E402  (a worker process, its last stdout line as JSON)
+
 ROWS = {  # name: (what it adds, its settings); every row keeps the settings of the rows above it
     "before": ("the step as issue 21 found it: fp32, NCHW, batch 32, OMP_WAIT_POLICY=PASSIVE",
                {"precision": "fp32", "channels_last": False, "batch": 32, "compile": False, "passive": True}),
@@ -172,13 +175,6 @@ def machine() -> str:
     flags = ", ".join(f"{f} {'yes' if f in cpu_flags() else 'no'}" for f in FLAGS)
     return (f"{name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; {flags}; torch {torch.__version__} "
             f"(ATen CPU capability {torch.backends.cpu.get_cpu_capability()})")
-
-
-def run(cmd: list[str], env: dict[str, str]) -> dict:
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
