@@ -122,5 +122,5 @@ def random_model(*, sharpen: float = 1.0, **overrides) -> torch.nn.Module:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.3, 0.3)
     with torch.no_grad():
-        model.head[3].weight.mul_(sharpen)
+        model.head.out.weight.mul_(sharpen)
     return model.eval()

@@ -127,3 +127,16 @@ def test_head_and_norm_follow_the_architecture():
 def test_bad_pixelcnnpp_params_are_config_errors(params, message):
     with pytest.raises(ConfigError, match=message):
         ModelParams(**params)
+
+
+def test_shortcuts_wire_each_layer_down_to_its_mirror_up():
+    """The paper's U-Net at 1 layer a block and 3 levels: each down layer reads the map made at the mirror
+    position up the network, last made first read, and every map is read once."""
+    from pixelnet.model.pixelcnnpp import Shortcuts
+
+    wiring = Shortcuts.of([1, 1, 1], [1, 2, 2])
+    assert wiring.level == (0, 0, 1, 1, 2, 2)
+    assert wiring.up == ((0, 1), (2, 3), (4, 5))
+    assert (wiring.start, wiring.down) == (5, ((4,), (3, 2), (1, 0)))
+    with pytest.raises(ValueError, match="never read"):
+        Shortcuts.of([1, 1], [1, 1])

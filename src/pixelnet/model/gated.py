@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, in_float32, make_norm, scale_input, shift_down
+from pixelnet.model.layers import MaskedConv2d, MaskedHead, in_float32, make_norm, scale_input, shift_down
 from pixelnet.model.masks import conv_mask
 
 
@@ -92,12 +92,7 @@ class GatedPixelCNN(nn.Module):
             + [GatedLayer(p, p, kernel_size=config.kernel, mask_type="B", groups=g, norm=config.norm,
                           n_classes=n_classes) for _ in range(config.blocks)]
         )
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(p, p, kernel_size=1, mask_type="B", groups=g),
-            nn.ReLU(),
-            MaskedConv2d(p, self.distribution.out_channels, kernel_size=1, mask_type="B", groups=g),
-        )
+        self.head = MaskedHead(p, self.distribution.out_channels, groups=g)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) integer levels, labels (B,) when conditional -> the distribution's parameters."""

@@ -1,4 +1,4 @@
-"""Masked convolutions, the PixelCNN residual block, input scaling and the shifts (plain PyTorch).
+"""Masked convolutions, the PixelCNN residual block and head, input scaling and the shifts (plain PyTorch).
 
 `MaskedConv2d` keeps its mask as a buffer and multiplies the weight by it in
 `forward`, so masked taps stay zero whatever the optimizer does to them and a
@@ -96,22 +96,35 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """x + [ReLU, 1x1 (h -> h/2), norm, ReLU, masked k x k B, norm, ReLU, 1x1 (h/2 -> h), norm](x)."""
+    """x + norm_out(conv_out(ReLU(norm_mid(conv_mid(ReLU(norm_in(conv_in(ReLU(x))))))))).
+
+    conv_in is a 1x1 (h -> h/2), conv_mid the masked k x k type B (h/2 -> h/2), conv_out a 1x1 (h/2 -> h).
+    """
 
     def __init__(self, channels: int, *, kernel_size: int, norm: str, groups: int) -> None:
         super().__init__()
         half = channels // 2
-        self.body = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(channels, half, kernel_size=1, mask_type="B", groups=groups),
-            make_norm(norm, half),
-            nn.ReLU(),
-            MaskedConv2d(half, half, kernel_size=kernel_size, mask_type="B", groups=groups),
-            make_norm(norm, half),
-            nn.ReLU(),
-            MaskedConv2d(half, channels, kernel_size=1, mask_type="B", groups=groups),
-            make_norm(norm, channels),
-        )
+        self.conv_in = MaskedConv2d(channels, half, kernel_size=1, mask_type="B", groups=groups)
+        self.norm_in = make_norm(norm, half)
+        self.conv_mid = MaskedConv2d(half, half, kernel_size=kernel_size, mask_type="B", groups=groups)
+        self.norm_mid = make_norm(norm, half)
+        self.conv_out = MaskedConv2d(half, channels, kernel_size=1, mask_type="B", groups=groups)
+        self.norm_out = make_norm(norm, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        a = self.norm_in(self.conv_in(F.relu(x)))
+        a = self.norm_mid(self.conv_mid(F.relu(a)))
+        return x + self.norm_out(self.conv_out(F.relu(a)))
+
+
+class MaskedHead(nn.Module):
+    """The masked models' output layers: ReLU, a masked 1x1 `hidden` (h -> h), ReLU, a masked 1x1 `out` (h -> the
+    distribution's parameters), type B, so that colour group g's outputs see feature groups <= g."""
+
+    def __init__(self, channels: int, out_channels: int, *, groups: int) -> None:
+        super().__init__()
+        self.hidden = MaskedConv2d(channels, channels, kernel_size=1, mask_type="B", groups=groups)
+        self.out = MaskedConv2d(channels, out_channels, kernel_size=1, mask_type="B", groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.hidden(F.relu(x))))

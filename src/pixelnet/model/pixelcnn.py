@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, ResidualBlock, in_float32, scale_input
+from pixelnet.model.layers import MaskedConv2d, MaskedHead, ResidualBlock, in_float32, scale_input
 
 
 class PixelCNN(nn.Module):
@@ -37,12 +37,7 @@ class PixelCNN(nn.Module):
         self.blocks = nn.Sequential(
             *[ResidualBlock(h, kernel_size=config.kernel, norm=config.norm, groups=g) for _ in range(config.blocks)]
         )
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(h, h, kernel_size=1, mask_type="B", groups=g),
-            nn.ReLU(),
-            MaskedConv2d(h, self.distribution.out_channels, kernel_size=1, mask_type="B", groups=g),
-        )
+        self.head = MaskedHead(h, self.distribution.out_channels, groups=g)
         # Conditional: one learned per-channel bias for the input conv's output and each block's output.
         self.embed = nn.Embedding(config.n_classes, (config.blocks + 1) * h) if config.conditional else None
 

@@ -22,7 +22,8 @@ block per resolution level (`resolutions`, 3 in the paper: 32 -> 16 -> 8 for
 block per level again (one more layer in each block after the first),
 entered by a stride-2 transposed conv.  Every layer down the network takes
 the matching layer up it as a short-cut input (U-Net: block 1 to 6, 2 to 5,
-3 to 4 in the paper).  A gated ResNet layer is
+3 to 4 in the paper); `Shortcuts` numbers those maps, for this forward pass
+and the incremental sampler alike.  A gated ResNet layer is
 
     c = conv(elu2(x)) [+ nin(elu2(a)), the short-cut];  c = dropout(elu2(c))
     x + A * sigmoid(B),  (A, B) = conv(c) [+ class embedding]
@@ -43,12 +44,17 @@ softmax head's masked ones; openai's data-dependent init is not done.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
 from pixelnet.model.layers import MaskedConv2d, in_float32, scale_input, shift_down, shift_right
+
+Conv = Callable[[torch.Tensor], torch.Tensor]
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +99,13 @@ class ShiftedDeconv2d(nn.Module):
         self.conv = normed(nn.ConvTranspose2d(channels, channels, self.kernel, stride=2), weight_norm)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        h, w = size
-        return self.conv(x)[:, :, :h, self.left:self.left + w]
+        return self.crop(self.conv(x), size)
+
+    def crop(self, y: torch.Tensor, size: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """The part of the conv's raw output y inside the level of `size`, y's first row and column being output
+        (origin) before the crop: (2r, 0) for input row r alone, (2r, 2j) for input position (r, j)."""
+        (h, w), (r, c) = size, origin
+        return y[:, :, :h - r, self.left:self.left + w - c]
 
 
 class GatedResnet(nn.Module):
@@ -111,14 +122,57 @@ class GatedResnet(nn.Module):
         self.embed = nn.Embedding(n_classes, 2 * channels) if n_classes else None
 
     def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, labels: torch.Tensor | None = None):
-        c = self.conv_in(concat_elu(x))
+        cond = None if self.embed is None else self.embed(labels)[:, :, None, None]
+        return self.step(x, a, cond, conv_in=self.conv_in, conv_out=self.conv_out, nin=self.nin_skip,
+                         dropout=self.dropout)
+
+    def step(self, x: torch.Tensor, a: torch.Tensor | None, cond: torch.Tensor | None, *, conv_in: Conv,
+             conv_out: Conv, nin: Conv | None, dropout: Conv | None = None, elu: Conv = concat_elu) -> torch.Tensor:
+        """The layer's math with its convs given as functions: the forward pass passes its modules, the
+        incremental sampler (sampling/pixelcnnpp.py) functions that compute one row or position from its caches.
+
+        cond is the class embedding, shaped to add to the convs' output; dropout None is eval mode's identity.
+        """
+        c = conv_in(elu(x))
         if a is not None:
-            c = c + self.nin_skip(concat_elu(a))
-        c = self.conv_out(self.dropout(concat_elu(c)))
-        if self.embed is not None:
-            c = c + self.embed(labels)[:, :, None, None].to(c.dtype)  # under bf16 autocast the stream stays bf16
+            c = c + nin(elu(a))
+        c = elu(c)
+        c = conv_out(dropout(c) if dropout is not None else c)
+        if cond is not None:
+            c = c + cond.to(c.dtype)  # under bf16 autocast the stream stays bf16
         gate, value_gate = c.chunk(2, dim=1)
         return x + gate * torch.sigmoid(value_gate)
+
+
+@dataclass(frozen=True)
+class Shortcuts:
+    """The U-Net's wiring: where the pass up the network keeps its u and ul maps, and which one each layer down it
+    reads as its short-cut input.  `PixelCNNPP.forward` and the incremental form both walk it.
+
+    The maps are numbered in the order the pass up makes them: at each level, the level's input (the streams'
+    first maps at level 0, the stride-2 convs' output after), then each layer's output.  The pass down starts
+    from the last one and reads the others last made, first read (a stack).
+    """
+
+    level: tuple[int, ...]  # map e's resolution level
+    up: tuple[tuple[int, ...], ...]  # per level: the maps its up block makes, the level's input first
+    start: int  # the map the pass down starts from
+    down: tuple[tuple[int, ...], ...]  # per down block: the map each of its layers reads
+
+    @classmethod
+    def of(cls, up_layers: list[int], down_layers: list[int]) -> Shortcuts:
+        """The wiring of up blocks with up_layers[k] layers at level k and down blocks with down_layers[d]."""
+        level: list[int] = []
+        up = []
+        for k, layers in enumerate(up_layers):
+            up.append(tuple(range(len(level), len(level) + 1 + layers)))
+            level += [k] * (1 + layers)
+        stack = list(range(len(level)))
+        start = stack.pop()
+        down = tuple(tuple(stack.pop() for _ in range(layers)) for layers in down_layers)
+        if stack:
+            raise ValueError(f"{len(stack)} maps of the pass up are never read down the network")
+        return cls(tuple(level), tuple(up), start, down)
 
 
 class PixelCNNPP(nn.Module):
@@ -154,6 +208,7 @@ class PixelCNNPP(nn.Module):
         self.upsize = nn.ModuleList(nn.ModuleList([
             ShiftedDeconv2d(f, shift="down", weight_norm=wn),
             ShiftedDeconv2d(f, shift="down_right", weight_norm=wn)]) for _ in range(levels - 1))
+        self.shortcuts = Shortcuts.of([len(block) for block in self.up], [len(block) for block in self.down])
         out, g = self.distribution.out_channels, self.distribution.groups
         if config.head == "logistic_mixture":  # openai's: one 1x1 conv of elu(ul)
             self.head_out = normed(nn.Conv2d(f, out, 1), wn)
@@ -177,26 +232,24 @@ class PixelCNNPP(nn.Module):
         x_pad = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1).contiguous(memory_format=self.memory_format)
         u = shift_down(self.u_init(x_pad))
         ul = shift_down(self.ul_init_above(x_pad)) + shift_right(self.ul_init_left(x_pad))
-        us, uls = [u], [ul]
-        for k, block in enumerate(self.up):
+        us, uls = {}, {}  # the maps of the pass up, numbered as in self.shortcuts
+        for k, (block, maps) in enumerate(zip(self.up, self.shortcuts.up)):
             if k > 0:
                 u, ul = self.downsize[k - 1][0](u), self.downsize[k - 1][1](ul)
-                us.append(u)
-                uls.append(ul)
-            for u_layer, ul_layer in block:
+            us[maps[0]], uls[maps[0]] = u, ul
+            for (u_layer, ul_layer), e in zip(block, maps[1:]):
                 u = u_layer(u, None, labels)
                 ul = ul_layer(ul, u, labels)
-                us.append(u)
-                uls.append(ul)
-        u, ul = us.pop(), uls.pop()
+                us[e], uls[e] = u, ul
+        u, ul = us.pop(self.shortcuts.start), uls.pop(self.shortcuts.start)
         sizes = self.sizes()
-        for d, block in enumerate(self.down):
+        for d, (block, reads) in enumerate(zip(self.down, self.shortcuts.down)):
             if d > 0:
                 size = sizes[len(sizes) - 1 - d]
                 u, ul = self.upsize[d - 1][0](u, size), self.upsize[d - 1][1](ul, size)
-            for u_layer, ul_layer in block:
-                u = u_layer(u, us.pop(), labels)
-                ul = ul_layer(ul, torch.cat([u, uls.pop()], dim=1), labels)
+            for (u_layer, ul_layer), e in zip(block, reads):
+                u = u_layer(u, us.pop(e), labels)
+                ul = ul_layer(ul, torch.cat([u, uls.pop(e)], dim=1), labels)
         return self.distribution.arrange(in_float32(self.head, F.elu(ul), xs))
 
     def head(self, features: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixelnet.model.gated import GatedLayer, GatedPixelCNN
+from pixelnet.model.gated import GatedLayer, GatedPixelCNN, gate
 from pixelnet.model.layers import MaskedConv2d, scale_input
 from pixelnet.sampling.fold import fold_norm
 
@@ -65,12 +65,12 @@ class GatedIncremental:
         cfg = model.config
         self.n, self.levels, self.c, self.height, self.width = n, cfg.levels, cfg.image_channels, cfg.height, cfg.width
         self.per_group = model.distribution.out_channels // model.distribution.groups
-        device, dtype = model.head[1].weight.device, model.head[1].weight.dtype
+        device, dtype = model.head.out.weight.device, model.head.out.weight.dtype
         self.layers = [
             _Layer(layer, layer.embed(labels.to(device)) if layer.embed is not None else None)
             for layer in model.layers
         ]
-        self.head = (_masked(model.head[1]), _masked(model.head[3]))
+        self.head = (_masked(model.head.hidden), _masked(model.head.out))
         w, r0 = self.width, self.layers[0].r
         # Vertical inputs, channels first, padded r on top, left and right: row i at i + r, column j at j + r.
         self.v_cache = [torch.zeros(n, L.vertical.in_channels, self.height + L.r, w + 2 * L.r, device=device, dtype=dtype)
@@ -93,9 +93,8 @@ class GatedIncremental:
             if k + 1 < len(self.layers):
                 if L.cond_v is not None:
                     v_pre = v_pre + L.cond_v[:, :, None]
-                a, g = v_pre.chunk(2, dim=1)
                 nxt = self.layers[k + 1]
-                self.v_cache[k + 1][:, :, i + nxt.r, nxt.r:nxt.r + self.width] = torch.tanh(a) * torch.sigmoid(g)
+                self.v_cache[k + 1][:, :, i + nxt.r, nxt.r:nxt.r + self.width] = gate(v_pre)
 
     def prefill(self, x: torch.Tensor) -> None:
         """Take given top rows x (N, C, R, W) of levels, R >= 0: write them and run their vertical stack."""
@@ -123,8 +122,7 @@ class GatedIncremental:
             pre = torch.addmm(L.h_bias + self.vh[k][:, j], window, L.h_weight)  # (N, 2p); bias broadcast per image
             if L.cond_h is not None:
                 pre = pre + L.cond_h
-            a, b = pre.chunk(2, dim=1)
-            gated = torch.tanh(a) * torch.sigmoid(b)  # (N, p)
+            gated = gate(pre)  # (N, p)
             s = torch.addmm(L.skip[1], gated, L.skip[0])
             skip = s if skip is None else skip + s
             new = torch.addmm(L.out[1], gated, L.out[0])

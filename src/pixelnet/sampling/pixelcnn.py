@@ -106,10 +106,9 @@ class PixelCNNIncremental:
             return prepare(conv, norm, groups=self.groups, dtype=dtype)
 
         self.input_conv = prep(model.input_conv)
-        # Each block body is [ReLU, 1x1, norm, ReLU, k x k, norm, ReLU, 1x1, norm] (layers.ResidualBlock).
-        self.blocks = [(prep(b.body[1], b.body[2]), prep(b.body[4], b.body[5]), prep(b.body[7], b.body[8]))
+        self.blocks = [(prep(b.conv_in, b.norm_in), prep(b.conv_mid, b.norm_mid), prep(b.conv_out, b.norm_out))
                        for b in model.blocks]
-        self.head = (prep(model.head[1]), prep(model.head[3]))
+        self.head = (prep(model.head.hidden), prep(model.head.out))
         # Per-class biases, (N, h) each, after the input conv and after each block (model.forward); 0 if unconditional.
         n_stages = len(self.blocks) + 1
         self.class_bias = [torch.zeros(1, cfg.channels, device=device, dtype=dtype)] * n_stages

@@ -26,9 +26,17 @@ reruns only the head's 1x1 layers with the pixel's channels written so far.
 
 Values are the full forward pass's up to float rounding: the same weights
 (weight normalization evaluated once), the same zero padding and shifts.
+The structure is the model's own: each gated ResNet layer runs its
+`GatedResnet.step` with convs that compute a row or a position from their
+buffers, each transposed conv crops with its module's `crop`, and the maps
+the short-cuts carry are numbered by the model's `shortcuts` (`Shortcuts`),
+which its forward pass walks too.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -70,6 +78,13 @@ class _Conv:
         else:
             self.buf[:, r + self.top, j + self.left] = value
 
+    def at(self, r: int, j: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The conv as a function of its input at row r or position (r, j): puts it, returns the output there."""
+        def conv(value: torch.Tensor) -> torch.Tensor:
+            self.put(r, j, value)
+            return self(r, j)
+        return conv
+
     def __call__(self, r: int, j: int | None) -> torch.Tensor:
         s = self.stride
         rows = self.buf[:, s * r:s * r + self.kh]
@@ -87,47 +102,41 @@ def _nin(weight: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 class _Resnet:
-    """A GatedResnet at one level, with its two convs' buffers and its class embedding (N, 2F), if any."""
+    """A GatedResnet at one level, run through its own `step` with convs that compute one row or position from
+    their buffers; its class embedding (N, 2F), if any."""
 
     def __init__(self, layer: GatedResnet, n: int, size: tuple[int, int], labels: torch.Tensor | None) -> None:
+        self.layer = layer
         self.conv_in, self.conv_out = _Conv(layer.conv_in, n, size), _Conv(layer.conv_out, n, size)
-        self.skip = None
+        self.nin = None
         if layer.nin_skip is not None:
-            self.skip = (layer.nin_skip.weight.detach(), layer.nin_skip.bias.detach())
+            self.nin = functools.partial(_nin, layer.nin_skip.weight.detach(), layer.nin_skip.bias.detach())
         self.cond = layer.embed(labels).detach() if layer.embed is not None else None
 
     def __call__(self, r: int, j: int | None, x: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output at row r (x (N, F, W)) or at (r, j) (x (N, F)); inputs there are final."""
-        self.conv_in.put(r, j, _concat_elu(x))
-        c = self.conv_in(r, j)
-        if a is not None:
-            c = c + _nin(*self.skip, _concat_elu(a))
-        self.conv_out.put(r, j, _concat_elu(c))
-        c = self.conv_out(r, j)
-        if self.cond is not None:
-            c = c + (self.cond if j is not None else self.cond[:, :, None])
-        gate, value_gate = c.chunk(2, dim=1)
-        return x + gate * torch.sigmoid(value_gate)
+        cond = self.cond if self.cond is None or j is not None else self.cond[:, :, None]
+        return self.layer.step(x, a, cond, conv_in=self.conv_in.at(r, j), conv_out=self.conv_out.at(r, j),
+                               nin=self.nin, elu=_concat_elu)
 
 
 class _Deconv:
     """A ShiftedDeconv2d writing its outputs for one input row or position into the level above's buffer."""
 
     def __init__(self, module: ShiftedDeconv2d, n: int, size: tuple[int, int]) -> None:
+        self.module = module
         conv = module.conv
         self.weight, self.bias = conv.weight.detach(), conv.bias.detach()  # (Cin, Cout, 2, kw)
-        self.left = module.left
         self.out = self.weight.new_zeros(n, self.weight.shape[1], *size)  # the level above's input, (N, F, H, W)
 
     def __call__(self, r: int, j: int | None, v: torch.Tensor) -> None:
-        h, w = self.out.shape[2:]
-        if j is None:  # input row r -> output rows 2r, 2r + 1, columns cropped like the module
+        size = self.out.shape[2:]
+        if j is None:  # input row r -> output rows 2r, 2r + 1, cropped by the module
             rows = F.conv_transpose2d(v[:, :, None], self.weight, self.bias, stride=2)
-            rows = rows[:, :, :h - 2 * r, self.left:self.left + w]
-            self.out[:, :, 2 * r:2 * r + 2] = rows
+            self.out[:, :, 2 * r:2 * r + 2] = self.module.crop(rows, size, (2 * r, 0))
         else:  # input (r, j) -> the 2 x 2 outputs from (2r, 2j) (the ul stream's 2 x 2 kernel)
             block = torch.einsum("nc,cokl->nokl", v, self.weight) + self.bias[:, None, None]
-            self.out[:, :, 2 * r:2 * r + 2, 2 * j:2 * j + 2] = block[:, :, :h - 2 * r, :w - 2 * j]
+            self.out[:, :, 2 * r:2 * r + 2, 2 * j:2 * j + 2] = self.module.crop(block, size, (2 * r, 2 * j))
 
 
 class PixelCNNPPIncremental:
@@ -156,19 +165,10 @@ class PixelCNNPPIncremental:
         self.upsize = [(_Deconv(u, n, sizes[self.depth - 2 - d]), _Deconv(ul, n, sizes[self.depth - 2 - d]))
                        for d, (u, ul) in enumerate(model.upsize)]
 
-        # The forward pass's lists of u and ul maps (model.forward), entry by entry, at their levels' sizes.
-        entry_level = [0] + [k for k in range(self.depth) for _ in range((k > 0) + len(model.up[k]))]
-        self.us = [weight.new_zeros(n, f, *sizes[k]) for k in entry_level]
-        self.uls = [weight.new_zeros(n, f, *sizes[k]) for k in entry_level]
-        # Which entries each level's up block writes (its entry, then its layers) and each down layer pops.
-        self.up_entries, start = [], 0
-        for k in range(self.depth):
-            count = 1 + len(model.up[k])
-            self.up_entries.append(list(range(start, start + count)))
-            start += count
-        stack = list(range(len(entry_level)))
-        self.down_start = stack.pop()
-        self.pops = [[stack.pop() for _ in block] for block in model.down]
+        # The pass up's u and ul maps (model.shortcuts), at their levels' sizes.
+        self.shortcuts = model.shortcuts
+        self.us = [weight.new_zeros(n, f, *sizes[k]) for k in self.shortcuts.level]
+        self.uls = [weight.new_zeros(n, f, *sizes[k]) for k in self.shortcuts.level]
         # The u stream down the network, after each layer, per level: the ul layer beside it reads it.
         self.u_down = [[weight.new_zeros(n, f, *sizes[self.depth - 1 - d]) for _ in block] for d, block in
                        enumerate(model.down)]
@@ -194,21 +194,21 @@ class PixelCNNPPIncremental:
         due = self._due(i)
         for k in due:
             r = i >> k
-            first = self.up_entries[k][0]
+            first = self.shortcuts.up[k][0]
             if k == 0:
                 u = self.u_init(r - 1, None) if r > 0 else self.us[0][:, :, 0]  # shifted down: zeros in row 0
             else:
                 u = self.downsize[k - 1][0](r, None)
             self.us[first][:, :, r] = u
-            for (layer, _), e in zip(self.up[k], self.up_entries[k][1:]):
+            for (layer, _), e in zip(self.up[k], self.shortcuts.up[k][1:]):
                 u = layer(r, None, u)
                 self.us[e][:, :, r] = u
             if k + 1 < self.depth:
                 self.downsize[k][0].put(r, None, u)
         for k in reversed(due):
             r, d = i >> k, self.depth - 1 - k
-            u = self.us[self.down_start][:, :, r] if d == 0 else self.upsize[d - 1][0].out[:, :, r]
-            for l, ((layer, _), e) in enumerate(zip(self.down[d], self.pops[d])):
+            u = self.us[self.shortcuts.start][:, :, r] if d == 0 else self.upsize[d - 1][0].out[:, :, r]
+            for l, ((layer, _), e) in enumerate(zip(self.down[d], self.shortcuts.down[d])):
                 u = layer(r, None, u, self.us[e][:, :, r])
                 self.u_down[d][l][:, :, r] = u
             if k > 0:
@@ -222,7 +222,7 @@ class PixelCNNPPIncremental:
         due = self._due(i, j)
         for k in due:
             r, c = i >> k, j >> k
-            first = self.up_entries[k][0]
+            first = self.shortcuts.up[k][0]
             if k == 0:
                 ul = self.ul_above_row[:, :, j]
                 if j > 0:  # the (2, 1) conv of column j - 1, shifted right
@@ -230,15 +230,15 @@ class PixelCNNPPIncremental:
             else:
                 ul = self.downsize[k - 1][1](r, c)
             self.uls[first][:, :, r, c] = ul
-            for (_, layer), e in zip(self.up[k], self.up_entries[k][1:]):
+            for (_, layer), e in zip(self.up[k], self.shortcuts.up[k][1:]):
                 ul = layer(r, c, ul, self.us[e][:, :, r, c])
                 self.uls[e][:, :, r, c] = ul
             if k + 1 < self.depth:
                 self.downsize[k][1].put(r, c, ul)
         for k in reversed(due):
             r, c, d = i >> k, j >> k, self.depth - 1 - k
-            ul = self.uls[self.down_start][:, :, r, c] if d == 0 else self.upsize[d - 1][1].out[:, :, r, c]
-            for l, ((_, layer), e) in enumerate(zip(self.down[d], self.pops[d])):
+            ul = self.uls[self.shortcuts.start][:, :, r, c] if d == 0 else self.upsize[d - 1][1].out[:, :, r, c]
+            for l, ((_, layer), e) in enumerate(zip(self.down[d], self.shortcuts.down[d])):
                 ul = layer(r, c, ul, torch.cat([self.u_down[d][l][:, :, r, c], self.uls[e][:, :, r, c]], dim=1))
             if k > 0:
                 self.upsize[d][1](r, c, ul)
