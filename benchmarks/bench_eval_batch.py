@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kernel=5, conditional=True, levels=2, image_channels=1, height=28, width=28,
+    model = build_model(ModelConfig(arch="pixelcnn", kernel=5, head="softmax", norm="batch", conditional=True, levels=2, image_channels=1, height=28, width=28,
                                     n_classes=10)).eval()
     images = torch.randint(0, 2, (args.images, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (args.images,))

@@ -65,7 +65,8 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=64, blocks=7, first_kernel=7, kernel=args.kernel, norm=args.norm,
+    model = build_model(ModelConfig(arch="pixelcnn", channels=64, blocks=7, first_kernel=7, kernel=args.kernel, head="softmax",
+                                    norm=args.norm,
                                     conditional=args.conditional, levels=args.levels, image_channels=1, height=28,
                                     width=28, n_classes=10)).train()
     step = TrainStep(model, TrainConfig(batch_size=args.batch, lr=1e-3, lr_schedule="constant", warmup_fraction=0.0,

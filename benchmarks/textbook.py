@@ -48,7 +48,7 @@ def textbook_config(*, levels: int = 256, height: int = 28, width: int = 28, cha
                     blocks: int = 7) -> ModelConfig:
     """The textbook's model as a PixelNet ModelConfig (grayscale, unconditional)."""
     return ModelConfig(arch="pixelcnn", channels=channels, blocks=blocks, first_kernel=7, kernel=3, norm="batch",
-                       conditional=False, levels=levels, image_channels=1, height=height, width=width, n_classes=0)
+                       head="softmax", conditional=False, levels=levels, image_channels=1, height=height, width=width, n_classes=0)
 
 
 def _full_kernel_forward(self: MaskedConv2d, x: torch.Tensor) -> torch.Tensor:

@@ -105,3 +105,34 @@ def test_a_checkpoint_without_a_data_fact_is_a_clean_error_naming_it(tmp_path, r
     assert result.code == 2 and "Traceback" not in result.err
     assert f"checkpoint {tmp_path / 'm.pt'} holds a model config this PixelNet cannot use (missing parameter(s) " \
            "model.levels)" in result.err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.blocks=12", "model.blocks is for arch pixelcnn and gated: arch pixelcnnpp with head logistic_mixture "
+                        "does not read it, so it must keep its default 7, got 12 (the keys this model reads: arch, "
+                        "channels, norm, head, mixtures, resnet_layers, resolutions, dropout, conditional)"),
+    ("model.head=softmax model.mixtures=5", "model.mixtures is for head logistic_mixture"),
+])
+def test_a_model_key_the_chosen_model_does_not_read_is_refused(tmp_path, run_cli, override, message):
+    """A changed value the model would ignore is an error naming the keys that apply, not a silent no-op."""
+    sets = [w for o in override.split() for w in ("-S", o)]
+    result = run_cli("train", "--params", REPO / "params.yaml", *sets, "--data", tmp_path / "none",
+                     "--model", tmp_path / "m.pt", "--reports", tmp_path / "reports")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert message in result.err and "params.yaml" in result.err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_every_model_key_applies_to_some_architecture_and_the_defaults_to_each():
+    """ONLY_FOR names real keys and architectures, and params.yaml's model section is valid for every arch."""
+    from typing import get_args, get_type_hints
+
+    from pixelnet.model.config import ONLY_FOR
+
+    archs = set(get_args(get_type_hints(ModelParams)["arch"]))
+    assert set(ONLY_FOR) <= {f.name for f in dataclasses.fields(ModelParams)}
+    assert all(set(users) <= archs for users in ONLY_FOR.values())
+    for arch in archs:
+        assert ModelParams(arch=arch).applies("channels")
+        assert {k for k in ONLY_FOR if ModelParams(arch=arch).applies(k)} == {k for k, users in ONLY_FOR.items()
+                                                                             if arch in users}

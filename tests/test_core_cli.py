@@ -175,11 +175,11 @@ def test_conditional_colour_run_through_every_command(run_cli, tmp_path, head, a
 
     folder = write_image_folder(tmp_path / "rgb", mode="RGB", classes=("red", "green", "blue"), n_per_class=6)
     params = tmp_path / "params.yaml"
+    size = "resnet_layers: 1" if arch == "pixelcnnpp" else "blocks: 1, first_kernel: 3, kernel: 3"
     write_params(
         params,
         "data: {dataset: folder, size: 6, levels: 4, val_fraction: 0.2, test_fraction: 0.2}\n"
-        f"model: {{arch: {arch}, conditional: true, channels: 12, blocks: 1, first_kernel: 3, kernel: 3, head: {head}, "
-        "resnet_layers: 1}\n"
+        f"model: {{arch: {arch}, conditional: true, channels: 12, head: {head}, {size}}}\n"
         "train: {epochs: 1, batch_size: 4, lr: 0.01, seed: 0, device: cpu}\n"
         "sample: {n: 6, temperature: 1.0, seed: 0}\n"
         "evaluate: {batch_size: 8, grid_n: 6}\n"

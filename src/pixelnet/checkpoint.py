@@ -1,10 +1,12 @@
 """Model checkpoints: saved atomically, loaded safely, one loader for every command.
 
 A checkpoint is a `torch.save`d dict of plain types and tensors:
-{"schema_version", "config" (ModelConfig as a dict), "state_dict", "meta"}.
-`load_model` is the one loader every command uses: it reads with
-`weights_only=True`, so no arbitrary object is ever unpickled, and rebuilds
-the model through `build_model` from the stored config.
+{"schema_version", "config" (ModelConfig as a dict, only the keys its
+architecture reads), "state_dict", "meta"}.  `load_model` is the one loader
+every command uses: it reads with `weights_only=True`, so no arbitrary object
+is ever unpickled, and rebuilds the model through `build_model` from the
+stored config.  A checkpoint of an older schema is brought up to this one by
+`MIGRATIONS`, one version at a time, in memory (the file is not rewritten).
 
 The training state that a killed run resumes from is written and read the
 same ways, in pixelnet.training.resume.
@@ -12,7 +14,10 @@ same ways, in pixelnet.training.resume.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +26,41 @@ from torch import nn
 
 from pixelnet.errors import ConfigError, PixelNetError
 from pixelnet.files import atomic_file
-from pixelnet.model import ModelConfig
+from pixelnet.model import ModelConfig, ModelParams
+from pixelnet.model.config import applies
 from pixelnet.model.build import build_model
 from pixelnet.schema import from_mapping, to_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _schema_1_to_2(ckpt: dict) -> dict:
+    """Schema 1 -> 2.  The masked models' layers got names: PixelCNN's residual block was an nn.Sequential
+    (`body.1` .. `body.8`), and the head of PixelCNN and Gated PixelCNN too (`head.1`, `head.3`).  The config
+    keeps only the keys its architecture reads; configs written before `head`, `norm` and `conditional` existed
+    held softmax, BatchNorm and unconditional."""
+    config = {"head": "softmax", "norm": "batch", "conditional": False} | ckpt["config"]
+    names = {"1": "conv_in", "2": "norm_in", "4": "conv_mid", "5": "norm_mid", "7": "conv_out", "8": "norm_out"}
+
+    def rename(key: str) -> str:
+        if config.get("arch") not in ("pixelcnn", "gated"):
+            return key
+        key = re.sub(r"^head\.1\.", "head.hidden.", key)
+        key = re.sub(r"^head\.3\.", "head.out.", key)
+        return re.sub(r"^(blocks\.\d+)\.body\.(\d)\.", lambda m: f"{m[1]}.{names[m[2]]}.", key)
+
+    return ckpt | {"schema_version": 2, "config": stored_config(config),
+                   "state_dict": {rename(k): v for k, v in ckpt["state_dict"].items()}}
+
+
+# Schema version -> the function that brings a checkpoint of that version to the next one.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _schema_1_to_2}
+
+
+def stored_config(config: dict) -> dict:
+    """A ModelConfig dict without the model keys its architecture does not read (they hold their defaults)."""
+    keys = {f.name for f in dataclasses.fields(ModelParams)}
+    return {k: v for k, v in config.items() if k not in keys or applies(k, arch=config["arch"], head=config["head"])}
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -37,7 +72,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def save_checkpoint(model: nn.Module, config: ModelConfig, path: Path, *, meta: dict | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(
-        {"schema_version": SCHEMA_VERSION, "config": to_dict(config), "state_dict": state, "meta": meta or {}}, path
+        {"schema_version": SCHEMA_VERSION, "config": stored_config(to_dict(config)), "state_dict": state,
+         "meta": meta or {}}, path
     )
 
 
@@ -59,10 +95,18 @@ def read_checkpoint(path: Path) -> dict:
         ) from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise PixelNetError(f"{path} is not a PixelNet checkpoint (no config/state_dict)")
-    if ckpt.get("schema_version") != SCHEMA_VERSION:
-        raise PixelNetError(
-            f"{path} has checkpoint schema {ckpt.get('schema_version')!r}, this PixelNet reads {SCHEMA_VERSION}: retrain the model"
-        )
+    version = ckpt.get("schema_version")
+    while version in MIGRATIONS:
+        try:
+            ckpt = MIGRATIONS[version](ckpt)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise PixelNetError(f"{path} has checkpoint schema {version} but not its layout ({type(e).__name__}: "
+                                f"{e}), so it cannot be brought up to schema {SCHEMA_VERSION}: retrain the model") from None
+        version = ckpt["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise PixelNetError(f"{path} has checkpoint schema {ckpt.get('schema_version')!r}, this PixelNet reads "
+                            f"{', '.join(map(str, [*MIGRATIONS, SCHEMA_VERSION]))}: retrain the model, or load it with "
+                            "the PixelNet that wrote it")
     return ckpt
 
 

@@ -1,7 +1,10 @@
 """The model's configuration: what params.yaml's `model` section sets, and what the data adds.
 
 `ModelParams` is the `model` section, checked by pixelnet.config like every
-section.  `ModelConfig` is what a network is built from and what a checkpoint
+section.  Some of its keys are read by only some architectures (`ONLY_FOR`)
+and `mixtures` only by the logistic mixture head: params.yaml sets them all,
+and a key that does not apply must keep its default, so that a changed value
+the chosen model would ignore is an error naming the keys that do apply.  `ModelConfig` is what a network is built from and what a checkpoint
 stores: those params plus the facts of the data it models (intensity levels,
 image shape, classes), which have no defaults, so a model can only be built for
 data it was told about (`ModelConfig.for_data`).
@@ -13,10 +16,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from pixelnet.errors import ConfigError
 from pixelnet.schema import require
 
 if TYPE_CHECKING:  # the data stages read these configs without loading torch
     from pixelnet.model.distributions import Distribution
+
+
+# The model keys that only some architectures read; every other key applies to all three.
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "blocks": ("pixelcnn", "gated"), "first_kernel": ("pixelcnn", "gated"), "kernel": ("pixelcnn", "gated"),
+    "resnet_layers": ("pixelcnnpp",), "resolutions": ("pixelcnnpp",), "dropout": ("pixelcnnpp",),
+}
 
 
 @dataclass(frozen=True)
@@ -58,16 +69,31 @@ class ModelParams:
             k = getattr(self, key)
             require(k >= 1 and k % 2 == 1, s, key, "must be an odd integer >= 1 (masks need a centre tap)", k)
         require(self.first_kernel >= 3, s, "first_kernel", "must be >= 3 (a 1x1 type-A conv sees no pixel)", self.first_kernel)
+        for f in dataclasses.fields(ModelParams):
+            if not self.applies(f.name) and getattr(self, f.name) != f.default:
+                head = resolve_head(self.head, self.arch)
+                users = "head logistic_mixture" if f.name == "mixtures" else f"arch {' and '.join(ONLY_FOR[f.name])}"
+                raise ConfigError(f"{s}.{f.name} is for {users}: arch {self.arch} with head {head} does not read it, "
+                                  f"so it must keep its default {f.default!r}, got {getattr(self, f.name)!r} (the keys "
+                                  f"this model reads: {', '.join(self.applicable())})")
+
+    def applies(self, key: str) -> bool:
+        """Whether the model this config chooses reads `key`."""
+        return applies(key, arch=self.arch, head=self.head)
+
+    def applicable(self) -> list[str]:
+        """The ModelParams keys the chosen model reads."""
+        return [f.name for f in dataclasses.fields(ModelParams) if self.applies(f.name)]
 
 
 @dataclass(frozen=True)
 class ModelConfig(ModelParams):
     """ModelParams plus the data's facts; `conditional` resolved to true or false."""
 
-    conditional: bool = False
-    # Resolved for the arch; these defaults are what checkpoints written before the keys existed held.
-    head: Literal["softmax", "logistic_mixture"] = "softmax"
-    norm: Literal["batch", "weight", "none"] = "batch"
+    # Resolved for the arch and the data (for_data).
+    conditional: bool = field(kw_only=True)
+    head: Literal["softmax", "logistic_mixture"] = field(kw_only=True)
+    norm: Literal["batch", "weight", "none"] = field(kw_only=True)
     n_classes: int = field(kw_only=True)  # labelled classes of the data, 0 if unlabelled
     levels: int = field(kw_only=True)
     image_channels: int = field(kw_only=True)
@@ -106,6 +132,13 @@ class ModelConfig(ModelParams):
                     "head": resolve_head(params.head, params.arch), "norm": resolve_norm(params.norm, params.arch)}
         return cls(**chosen | resolved, levels=levels, image_channels=image_channels, height=height, width=width,
                    n_classes=n_classes)
+
+
+def applies(key: str, *, arch: str, head: str) -> bool:
+    """Whether a model of `arch` with `head` ("auto" allowed) reads the model key `key`."""
+    if key == "mixtures":
+        return resolve_head(head, arch) == "logistic_mixture"
+    return arch in ONLY_FOR.get(key, (arch,))
 
 
 def resolve_conditional(conditional: bool | Literal["auto"], n_classes: int) -> bool:
