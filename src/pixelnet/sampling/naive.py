@@ -48,6 +48,7 @@ def sample_naive(
     dist = model.distribution
     x = torch.zeros(n, c, h, w, dtype=torch.long, device=device)
     labels = labels.to(device) if labels is not None else None
+    noise = noise.to(device)  # once, not a copy a sub-pixel
     if given is not None:
         x[:, :, :start_row] = given[:, :, :start_row].to(device)
     rows = range(start_row, h)
@@ -55,5 +56,5 @@ def sample_naive(
         for j in range(w):
             for ch in range(c):
                 params = dist.at(model(x) if labels is None else model(x, labels), i, j, ch)
-                x[:, ch, i, j] = dist.draw(params, x[:, :, i, j], ch, noise[:, ch, i, j].to(device), temperature)
+                x[:, ch, i, j] = dist.draw(params, x[:, :, i, j], ch, noise[:, ch, i, j], temperature)
     return x.to(torch.uint8).cpu()
