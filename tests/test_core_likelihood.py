@@ -118,3 +118,21 @@ def test_registered_model_scores_a_conditional_model_with_and_without_labels(tmp
     save_checkpoint(model, model.config, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="no saved class prior"):
         PixelNetPyfunc(str(tmp_path / "old.pt")).predict(images.numpy())
+
+
+def test_the_summed_nll_is_the_python_float_sum_of_its_batches_exactly():
+    """total_nll_nats sums on the device in float64 (no sync a batch): the same bits as adding each batch's
+    float32 sum as a Python float, which is what the reports held before."""
+    from pixelnet.model.likelihood import forward, nll_nats, total_nll_nats
+    from tests.conftest import random_model
+
+    model = random_model(levels=4, conditional=True, n_classes=3)
+    images = torch.randint(0, 4, (23, 1, 5, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.arange(23) % 3
+    by_hand = 0.0
+    with torch.no_grad():
+        for start in range(0, 23, 5):
+            x, y = images[start:start + 5], labels[start:start + 5]
+            by_hand += float(nll_nats(model.distribution, forward(model, x, y), x, reduction="sum"))
+    total = total_nll_nats(model, images, batch_size=5, device=torch.device("cpu"), labels=labels)
+    assert total == by_hand and total > 0

@@ -58,13 +58,15 @@ def total_nll_nats(
     """Summed NLL (nats) of uint8 level images (N, C, H, W) under `model` in eval mode (labels (N,) if conditional)."""
     was_training = model.training
     model.eval()
-    total = 0.0
+    images = images.to(device)  # once; the sum stays on the device too, so a GPU never waits on the host
+    labels = labels.to(device) if labels is not None and is_conditional(model) else None
+    total = torch.zeros((), dtype=torch.float64, device=device)  # float64: Python's float sum of the batches, exactly
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        y = labels[start:start + batch_size].to(device) if labels is not None and is_conditional(model) else None
-        total += float(nll_nats(model.distribution, forward(model, x, y), x, reduction="sum"))
+        x = images[start:start + batch_size]
+        y = labels[start:start + batch_size] if labels is not None else None
+        total += nll_nats(model.distribution, forward(model, x, y), x, reduction="sum").double()
     model.train(was_training)
-    return total
+    return float(total)
 
 
 @torch.no_grad()
