@@ -26,8 +26,10 @@ class PixelNetPyfunc:
 
     def __init__(self, checkpoint: str) -> None:
         from pixelnet.checkpoint import load_model, read_checkpoint
+        from pixelnet.device import select_device
 
-        self.model, self.config = load_model(Path(checkpoint))
+        self.device = select_device("auto")  # a GPU where the server has one
+        self.model, self.config = load_model(Path(checkpoint), device=self.device)
         self.class_prior = read_checkpoint(Path(checkpoint))["meta"].get("class_prior")
 
     def predict(self, model_input: Any, params: dict | None = None) -> np.ndarray:
@@ -37,6 +39,7 @@ class PixelNetPyfunc:
 
         c = self.config
         x = torch.as_tensor(np.asarray(model_input, dtype=np.int64)).reshape(-1, c.image_channels, c.height, c.width)
+        x = x.to(self.device)
         labels = list((params or {}).get("labels") or []) or None
         dims = x[0].numel()
         if labels is not None:
@@ -53,13 +56,14 @@ class PixelNetPyfunc:
             if self.class_prior is None:
                 raise ValueError("this class-conditional model has no saved class prior: pass params={'labels': [...]}")
             nats = marginal_nll_nats(self.model, x, prior=torch.tensor(self.class_prior), batch_size=64,
-                                     device=torch.device("cpu"))
+                                     device=self.device)
             return np.asarray([bits_per_dim(float(v), 1, dims) for v in nats])
         scores = []
         with torch.no_grad():
             for i in range(len(x)):
                 xi = x[i:i + 1]
-                out = self.model(xi, torch.as_tensor([labels[i]])) if labels is not None else self.model(xi)
+                label = torch.as_tensor([labels[i]], device=self.device) if labels is not None else None
+                out = self.model(xi, label) if label is not None else self.model(xi)
                 scores.append(bits_per_dim(float(nll_nats(self.model.distribution, out, xi, reduction="sum")), 1, dims))
         return np.asarray(scores)
 
