@@ -83,25 +83,29 @@ class EMA:
 
     The decay ramps up as min(decay, (1 + t) / (10 + t)) over updates t, so
     that in a short run the random initial weights fade out quickly.
-    Integer state (BatchNorm's batch counter) is copied, not averaged.
+    Integer state (BatchNorm's batch counter) is copied, not averaged.  It
+    holds references to the model's own tensors, so build it once the model
+    is on its device (`Module.to` replaces buffers).
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self._float_keys = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        live = model.state_dict(keep_vars=True)  # the parameters and buffers themselves, not copies
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
+        self._floats = ([self.shadow[k] for k, v in live.items() if v.is_floating_point()],
+                        [v for v in live.values() if v.is_floating_point()])
+        self._counters = [(self.shadow[k], v) for k, v in live.items() if not v.is_floating_point()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
+        """One more average, of the model's tensors as they are now."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        state = model.state_dict()
-        torch._foreach_lerp_([self.shadow[k] for k in self._float_keys],
-                             [state[k].detach() for k in self._float_keys], 1.0 - decay)
-        for k, v in state.items():
-            if not v.is_floating_point():
-                self.shadow[k].copy_(v)
+        shadow, live = self._floats
+        torch._foreach_lerp_(shadow, live, 1.0 - decay)
+        for kept, counter in self._counters:
+            kept.copy_(counter)
 
     def copy_to(self, model: nn.Module) -> None:
         model.load_state_dict(self.shadow)
@@ -155,7 +159,7 @@ class TrainStep:
         self.opt.step()
         self.sched.step()
         if self.ema:
-            self.ema.update(self.module)
+            self.ema.update()
         return loss.detach()
 
     def state_dict(self) -> dict:
