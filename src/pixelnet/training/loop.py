@@ -3,9 +3,16 @@
 Nothing here knows about PixelCNN internals, files or MLflow: `fit` takes a
 model, two splits of integer-level images and a TrainConfig, and reports
 each step and epoch to optional callbacks (the stage wires in CSVs, progress
-bars, tracking and the resume state).  The whole dataset stays one uint8
-tensor; batches are slices of a seeded permutation, so a seeded run repeats
-exactly.
+bars, tracking and the resume state).  The training split is one uint8
+tensor, moved to the device once; batches are gathered there by slices of a
+seeded permutation, so a seeded run repeats exactly.
+
+The loop never waits for the device between two reads of the losses: each
+step's loss stays on the device until a read (`LossLog`: every READ_EVERY
+steps, where a save is due by steps, and at each epoch end), which hands
+`on_step` the steps since the last read, in order, with the floats a
+per-step `.item()` would give.  The EMA updates from references to the
+model's tensors.  The resume state is saved at reads too (`Checkpoints`).
 
 Time to quality (train section of params.yaml):
 - `lr_schedule: cosine` warms the learning rate up linearly over the first
@@ -29,12 +36,13 @@ Time to quality (train section of params.yaml):
   head and the loss compute in float32.  `auto` (the default) is bf16 where
   the CPU (AVX-512 BF16, AMX) or the GPU runs it natively (precision.py).
 
-Resume after any kill: `fit` saves and continues from the run's full state (resume.py).
+Resume after any kill: `fit` saves and continues from the run's full state (resume.py),
+every `checkpoint_every` steps, every CHECKPOINT_SECONDS and at each epoch end.
 
 Data parallel under torchrun (`dist`, distributed.py): every rank draws the
 same permutation and trains on its slice of each global batch; DDP averages
-the gradients; the reported loss is the mean over ranks.  Only rank 0
-validates and saves; decisions that depend on its clock are broadcast.
+the gradients; the reported loss is the mean over ranks.  Only rank 0 validates and writes the state; decisions
+that depend on its clock are broadcast.
 """
 
 from __future__ import annotations
@@ -61,6 +69,11 @@ from pixelnet.model.likelihood import (
 from pixelnet.training.distributed import Dist
 from pixelnet.training.precision import resolve_precision
 from pixelnet.training.resume import EpochRecord, Progress, capture, finished, set_rng_state
+
+READ_EVERY = 10  # optimizer steps between reads of the losses to the host, the loop's one wait for the device
+# Seconds of rank 0's clock after which the resume state is saved even before checkpoint_every steps have passed:
+# it bounds the training a kill loses where steps are slow (the CIFAR-10 preset saves every 2000 steps).
+CHECKPOINT_SECONDS = 300.0
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
 EpochCallback = Callable[[EpochRecord, nn.Module], None]  # (the epoch, the model holding the weights it validated)
@@ -177,6 +190,82 @@ class TrainStep:
         self.last_lr = state["last_lr"]
 
 
+class Stopwatch:
+    """A run's training time and its epoch's, continuing a resumed run's (Progress.elapsed, .epoch_seconds)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.run_start = time.perf_counter() - progress.elapsed
+        self.start_epoch(progress)
+
+    def start_epoch(self, progress: Progress) -> None:
+        self.epoch_start = time.perf_counter() - progress.epoch_seconds
+
+    def epoch(self) -> float:
+        return time.perf_counter() - self.epoch_start
+
+    def run(self) -> float:
+        return time.perf_counter() - self.run_start
+
+    def stamp(self, progress: Progress) -> None:
+        """Write the times so far into a mid-epoch `progress`, for a save."""
+        progress.epoch_seconds, progress.elapsed = self.epoch(), self.run()
+
+
+class LossLog:
+    """The losses of the steps since the last read, kept on the device until `read` copies them to the host."""
+
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self.on_step = on_step
+        self.pending: list[tuple[torch.Tensor, int]] = []  # (loss in nats a dimension, 0-d; images in its global batch)
+
+    def add(self, loss: torch.Tensor, n_images: int) -> None:
+        self.pending.append((loss, n_images))
+
+    def read(self, progress: Progress) -> None:
+        """Advance `progress` by the pending steps and tell `on_step` of each, in order: one wait for the device."""
+        nats = torch.stack([loss for loss, _ in self.pending]).tolist()  # (steps,) float32: the floats .item() gives
+        for (_, n_images), loss_nats in zip(self.pending, nats):
+            loss_bpd = nats_to_bits_per_dim(loss_nats)
+            progress.advance(n_images, loss_bpd)
+            if self.on_step:
+                self.on_step(progress.step, progress.epoch, loss_bpd)
+        self.pending.clear()
+
+
+class Checkpoints:
+    """When `fit` saves the resume state, and the saving.
+
+    At each epoch end, and at a read of the losses (between reads `progress` lags the weights) once `every`
+    steps (train.checkpoint_every) or `seconds` of rank 0's clock have passed since the last save.  `on_save`
+    (the same on every rank, or None on every rank) is called on rank 0.
+    """
+
+    def __init__(self, on_save: Callable[[dict], None] | None, step_fn: TrainStep, *, watch: Stopwatch, dist: Dist,
+                 device: torch.device, every: int, seconds: float) -> None:
+        self.on_save, self.step_fn, self.watch, self.dist, self.device = on_save, step_fn, watch, dist, device
+        self.every, self.seconds = every, seconds
+        self.last = time.monotonic()
+
+    def by_steps(self, step: int) -> bool:
+        """A save is due after `step` by train.checkpoint_every: its loss must be read then."""
+        return self.on_save is not None and self.every > 0 and step % self.every == 0
+
+    def after_read(self, progress: Progress) -> None:
+        """Save mid-epoch if `every` steps or `seconds` have passed (rank 0's clock, which every rank follows)."""
+        if self.on_save is None:
+            return
+        if self.by_steps(progress.step) or self.dist.agree(time.monotonic() - self.last >= self.seconds):
+            self.watch.stamp(progress)
+            self.save(progress)
+
+    def save(self, progress: Progress) -> None:
+        if self.on_save is None:
+            return
+        if self.dist.main:
+            self.on_save(capture(self.step_fn, progress, self.device))
+        self.last = time.monotonic()
+
+
 def fit(
     model: nn.Module,
     train: Split,
@@ -190,15 +279,19 @@ def fit(
     on_save: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     dist: Dist | None = None,
+    read_every: int = READ_EVERY,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> list[EpochRecord]:
     """Train `model` in place with Adam on cross-entropy; returns one record per epoch run (resumed ones too).
 
-    With cfg.ema_decay > 0 the model ends up holding the EMA weights.  `on_save(state)` is called on rank 0
-    every cfg.checkpoint_every steps and at each epoch end; `resume` is such a state to continue from.
+    With cfg.ema_decay > 0 the model ends up holding the EMA weights.  `on_step` hears of each step when its
+    loss is read: every `read_every` steps, at mid-epoch saves and at each epoch end.  `on_save(state)` is called
+    on rank 0 every cfg.checkpoint_every steps, every `checkpoint_seconds` and at each epoch end (`Checkpoints`);
+    `resume` is such a state to continue from.
     """
     dist = dist or Dist(device=device)
     torch.manual_seed(cfg.seed)
-    order = torch.Generator().manual_seed(cfg.seed)
+    order = torch.Generator().manual_seed(cfg.seed)  # the data order: the same on every rank
     model.to(device).train()
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -210,51 +303,56 @@ def fit(
         progress = Progress.from_state(resume["progress"])
         set_rng_state(resume["rng"], device)
     eval_model = copy.deepcopy(model) if step_fn.ema else model  # holds the EMA weights for validation
-    began = time.perf_counter() - progress.elapsed
-
-    def save(at: Progress) -> None:
-        if on_save is not None and dist.main:
-            on_save(capture(step_fn, at, device))
-
+    images = train.images.to(device)  # once: every batch is gathered on the device
+    labels = train.labels.to(device) if is_conditional(model) else None
+    watch = Stopwatch(progress)
+    saves = Checkpoints(on_save, step_fn, watch=watch, dist=dist, device=device, every=cfg.checkpoint_every,
+                        seconds=checkpoint_seconds)
+    losses = LossLog(on_step)
     while not dist.agree(finished(progress, cfg)):
-        t0 = time.perf_counter() - progress.epoch_seconds
+        watch.start_epoch(progress)
         order.set_state(progress.order)
-        perm = torch.randperm(len(train.images), generator=order)
-        for b in range(progress.batch, per_epoch):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]  # the global batch; this rank takes its share
-            loss_bpd = _train_batch(step_fn, train, dist.shard(idx), device=device, dist=dist)
-            progress.step, progress.batch = progress.step + 1, progress.batch + 1
-            progress.loss_sum += loss_bpd * len(idx)
-            progress.seen += len(idx)
-            if on_step:
-                on_step(progress.step, progress.epoch, loss_bpd)
-            if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
-                progress.epoch_seconds, progress.elapsed = time.perf_counter() - t0, time.perf_counter() - began
-                save(progress)
-        seconds = time.perf_counter() - t0
+        perm = torch.randperm(len(train.images), generator=order).to(device)
+        batches = perm.split(cfg.batch_size)[:per_epoch]  # the global batches' indices, on the device
+        _train_epoch(step_fn, batches, progress, images=images, labels=labels, dist=dist, losses=losses,
+                     saves=saves, read_every=read_every)
+        seconds = watch.epoch()
         if step_fn.ema and dist.main:
             step_fn.ema.copy_to(eval_model)
         val_bpd = _val_bpd(eval_model, val, batch_size=eval_batch_size, device=device) if dist.main else math.nan
-        elapsed = time.perf_counter() - began
-        record = EpochRecord(progress.epoch, progress.step, progress.loss_sum / progress.seen, val_bpd, seconds,
-                             progress.seen / seconds, step_fn.last_lr, elapsed)
-        progress.history.append(record)
+        record = progress.next_epoch(val_bpd=val_bpd, seconds=seconds, lr=step_fn.last_lr, elapsed=watch.run(),
+                                     order=order.get_state())
         if on_epoch:
             on_epoch(record, eval_model)
-        progress = Progress(epoch=progress.epoch + 1, step=progress.step, elapsed=elapsed, order=order.get_state(),
-                            history=progress.history)
-        save(progress)
+        saves.save(progress)
     if step_fn.ema:
         step_fn.ema.copy_to(model)
     model.eval()
     return progress.history
 
 
-def _train_batch(step_fn: TrainStep, train: Split, idx: torch.Tensor, *, device: torch.device, dist: Dist) -> float:
-    """One optimizer step on train[idx]; the loss in bits/dim, averaged over ranks."""
-    x = train.images[idx].to(device)
-    labels = train.labels[idx].to(device) if is_conditional(step_fn.module) else None
-    return nats_to_bits_per_dim(dist.mean(step_fn(x, labels)).item())
+def _train_epoch(step_fn: TrainStep, batches: tuple[torch.Tensor, ...], progress: Progress, *, images: torch.Tensor,
+                 labels: torch.Tensor | None, dist: Dist, losses: LossLog, saves: Checkpoints, read_every: int) -> None:
+    """The epoch's batches from progress.batch on (`batches`: each global batch's indices, on the device).
+
+    The losses are read every `read_every` steps, where a save is due by steps, and at the epoch's end; in
+    between, nothing waits for the device.
+    """
+    for b in range(progress.batch, len(batches)):
+        idx = dist.shard(batches[b])  # this rank's share of the global batch
+        losses.add(_train_batch(step_fn, images, labels, idx, dist=dist), len(batches[b]))
+        step = progress.step + len(losses.pending)
+        if step % read_every == 0 or saves.by_steps(step) or b + 1 == len(batches):
+            losses.read(progress)
+            saves.after_read(progress)
+
+
+def _train_batch(step_fn: TrainStep, images: torch.Tensor, labels: torch.Tensor | None, idx: torch.Tensor, *,
+                 dist: Dist) -> torch.Tensor:
+    """One optimizer step on images[idx]; its loss in nats a dimension, averaged over ranks, left on the device."""
+    x = images.index_select(0, idx)
+    y = labels.index_select(0, idx) if labels is not None else None
+    return dist.mean(step_fn(x, y))
 
 
 def _val_bpd(model: nn.Module, val: Split, *, batch_size: int, device: torch.device) -> float:

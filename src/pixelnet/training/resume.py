@@ -1,14 +1,15 @@
 """Resume after any kill: the full state of a training run, its fingerprint, and reading it back.
 
-Every `checkpoint_every` optimizer steps and at each epoch end, `fit`
-(loop.py) hands `on_save` the full state of the run (`capture`): weights,
-optimizer, schedule, EMA, every RNG, the position (`Progress`: epoch, batch,
-step), the epoch's partial loss sums, the training time so far and the epoch
-history, as tensors and plain types that load with weights_only=True.  The
-data order is kept as the order generator's state at the start of the epoch
-in progress: the permutation is drawn again and the batches done are skipped.
-`fit(..., resume=state)` continues from such a state and ends bit for bit
-where the uninterrupted run ends.
+Every `checkpoint_every` optimizer steps, every CHECKPOINT_SECONDS and at
+each epoch end (loop.py says when), `fit` hands `on_save` the full state of the
+run (`capture`): weights, optimizer, schedule, EMA, every RNG, the
+position (`Progress`: epoch, batch, step), the epoch's partial loss sums,
+the training time so far and the epoch history, as tensors and plain types
+that load with weights_only=True.  The data order is kept as the order
+generator's state at the start of the epoch in progress: the permutation is
+drawn again and the batches done are skipped.  `fit(..., resume=state)`
+continues from such a state and ends bit for bit where the uninterrupted run
+ends.
 
 The train stage saves the state with its fingerprint (`train_fingerprint`:
 params, data, code, world) and step log; `saved_state` gives it back only
@@ -82,6 +83,26 @@ class Progress:
     def from_state(cls, state: dict) -> Progress:
         return cls(**{k: v for k, v in state.items() if k != "history"},
                    history=[EpochRecord(**r) for r in state["history"]])
+
+    def advance(self, n_images: int, loss_bpd: float) -> None:
+        """One optimizer step done, on a (global) batch of n_images with this loss in bits/dim."""
+        self.step, self.batch = self.step + 1, self.batch + 1
+        self.loss_sum += loss_bpd * n_images
+        self.seen += n_images
+
+    def next_epoch(self, *, val_bpd: float, seconds: float, lr: float, elapsed: float,
+                   order: torch.Tensor) -> EpochRecord:
+        """Close the epoch in progress, trained for `seconds`; its record joins the history and is returned.
+
+        `lr` is the learning rate of its last step, `elapsed` the run's time so far (validation included),
+        `order` the data-order generator's state for the next epoch, which starts here.
+        """
+        record = EpochRecord(self.epoch, self.step, self.loss_sum / self.seen, val_bpd, seconds, self.seen / seconds,
+                             lr, elapsed)
+        self.history.append(record)
+        self.epoch, self.batch, self.loss_sum, self.seen = self.epoch + 1, 0, 0.0, 0
+        self.epoch_seconds, self.elapsed, self.order = 0.0, elapsed, order
+        return record
 
 
 def budget_binds(history: list[EpochRecord], cfg: TrainConfig) -> bool:
