@@ -10,14 +10,20 @@ The loss trajectories are compared step by step (steps.csv):
   torch 2.14.1), so the losses differ by more, within BATCHNORM_RTOL relative.
   That they differ at all shows each rank trained on its own share.
 Each run is ~12 optimizer steps of a tiny model; the processes use one thread each.
+
+Dropout: each rank draws its own masks (seed + rank) from the shared data order, rank 0 the masks a single
+process draws, and a two-process PixelCNN++ run with dropout resumes to its uninterrupted weights (each rank
+takes back its own RNG state).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +31,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pixelnet.config import load_params
+from pixelnet.config import TrainConfig, load_params
+from pixelnet.data.processed import Split
+from pixelnet.model.build import build_model
 from pixelnet.stages.download import download
 from pixelnet.stages.preprocess import preprocess
+from pixelnet.training import distributed
+from pixelnet.training.loop import fit
 from tests.conftest import REPO, model_config, write_image_folder, write_params
 
 NORM_NONE_RTOL = 1e-4  # measured: 1.8e-7 (float summation order only)
@@ -37,6 +47,11 @@ STEPS = 12
 PARAMS = (
     "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
     "model: {arch: pixelcnn, channels: 8, blocks: 1, first_kernel: 3, kernel: 3}\n"
+    "train: {epochs: 3, batch_size: 8, lr: 0.01, seed: 0, device: cpu, checkpoint_every: 2}\n"
+)
+DROPOUT_PARAMS = (  # PixelCNN++ with the CIFAR-10 preset's dropout
+    "data: {dataset: folder, size: 8, levels: 4, val_fraction: 0.25, test_fraction: 0.25}\n"
+    "model: {arch: pixelcnnpp, channels: 8, resolutions: 2, dropout: 0.5}\n"
     "train: {epochs: 3, batch_size: 8, lr: 0.01, seed: 0, device: cpu, checkpoint_every: 2}\n"
 )
 
@@ -179,3 +194,88 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weigh
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert loss["bf16"] != loss["fp32"]  # bfloat16 arithmetic in the forward pass ...
     assert torch.isclose(loss["bf16"], loss["fp32"], rtol=2e-2)  # ... with an 8-bit mantissa's accuracy
+
+
+# ---- dropout: each rank its own masks, the data order shared ----
+
+DROPOUT_MODEL = model_config(arch="pixelcnnpp", channels=8, resnet_layers=1, resolutions=2, dropout=0.5, norm="none",
+                             height=6, width=6)
+DROPOUT_TRAIN = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.0, seed=3)
+
+
+def images(n: int) -> Split:
+    x = torch.randint(0, 4, (n, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return Split(x, torch.zeros(n, dtype=torch.long))
+
+
+def recorded_fit(dist: distributed.Dist, batch_size: int) -> dict[str, list[torch.Tensor]]:
+    """fit DROPOUT_MODEL on 32 images; each step's batch, and the first dropout layer's input and output."""
+    torch.manual_seed(0)
+    model = build_model(DROPOUT_MODEL)
+    seen = {"batches": [], "inputs": [], "outputs": []}
+
+    def record_batch(module, args) -> None:
+        if module.training:  # not validation's batches
+            seen["batches"].append(args[0].clone())
+
+    def record_dropout(module, args, out) -> None:
+        if module.training:
+            seen["inputs"].append(args[0].detach().clone())
+            seen["outputs"].append(out.detach().clone())
+
+    model.register_forward_pre_hook(record_batch)
+    next(m for m in model.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(record_dropout)
+    fit(model, images(32), images(4), replace(DROPOUT_TRAIN, batch_size=batch_size), device=torch.device("cpu"),
+        dist=dist)
+    return seen
+
+
+def dropout_rank(rank: int, port: int, out: Path) -> None:
+    """One process of a gloo world of two, joined as torchrun's processes join (distributed.session)."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with distributed.session("cpu", batch_size=DROPOUT_TRAIN.batch_size) as (dist, _):
+        torch.save(recorded_fit(dist, DROPOUT_TRAIN.batch_size), out / f"rank{rank}.pt")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def masks(a: dict, b: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two runs' dropout masks (True: kept) at a step, where both can be seen: where neither input was 0."""
+    visible = (a["inputs"][step] != 0) & (b["inputs"][step] != 0)
+    return (a["outputs"][step] != 0)[visible], (b["outputs"][step] != 0)[visible]
+
+
+def test_two_ranks_draw_their_own_dropout_masks_from_the_shared_data_order(tmp_path):
+    torch.multiprocessing.spawn(dropout_rank, args=(free_port(), tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    order = torch.Generator().manual_seed(DROPOUT_TRAIN.seed)
+    data = images(32).images
+    for epoch in range(DROPOUT_TRAIN.epochs):
+        perm = torch.randperm(32, generator=order)
+        for b in range(4):
+            step = 4 * epoch + b
+            batch = perm[8 * b:8 * (b + 1)]
+            for r, seen in enumerate(ranks):  # rank r trains on every second image of the shared global batch
+                assert torch.equal(seen["batches"][step], data[batch[r::2]]), (step, r)
+            assert not torch.equal(*masks(*ranks, step)), step
+    alone = recorded_fit(distributed.Dist(), batch_size=4)  # one process, with the shards' batch size
+    assert torch.equal(*masks(ranks[0], alone, 0))  # rank 0 draws the masks a single process draws
+
+
+def test_a_two_process_run_with_dropout_resumes_to_its_uninterrupted_weights(prepared, tmp_path):
+    _, data = prepared
+    params = write_params(tmp_path / "params.yaml", DROPOUT_PARAMS)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    train(data, params, whole, processes=2)
+    train(data, params, stopped, "train.max_minutes=1e-6", processes=2)  # stops after epoch 1
+    again = train(data, params, stopped, processes=2)
+    assert f"resuming from step 4 of {STEPS} (epoch 2)" in again.stdout
+    a = torch.load(whole / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(stopped / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,14 +7,16 @@ cuda:LOCAL_RANK) and leaves it at the end.  Without them the world is one
 process, `Dist()`, and nothing here communicates: a single-process run is the
 run it was before data parallelism existed.
 
-How training uses it (training.py): every rank draws the same seeded
+How training uses it (loop.py): every rank draws the same seeded
 permutation and takes the slice rank::world_size of each global batch, DDP
 averages the gradients, and the reported loss is the mean over ranks.  With
 equal shards that is the single-process update on the whole global batch, up
 to float summation order, except for BatchNorm: each rank normalizes with its
 own shard's statistics.  On CUDA BatchNorm becomes SyncBatchNorm, which
 restores the global-batch statistics; on the CPU it stays per rank, because
-SyncBatchNorm refuses CPU modules (torch 2.14.1).  Rank 0 (`Dist.main`) alone
+SyncBatchNorm refuses CPU modules (torch 2.14.1).  Dropout is per rank too:
+each rank seeds its own torch RNG (`rank_seed`), so the ranks draw different
+masks, and the resume state keeps every rank's RNGs (`gather`).  Rank 0 (`Dist.main`) alone
 writes files and talks to MLflow; the others only compute.
 """
 
@@ -52,6 +54,14 @@ class Dist:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def rank_seed(self, seed: int) -> int:
+        """The seed of this rank's own random draws (dropout masks): seed + rank.
+
+        Rank 0 draws what a single-process run with this seed draws; the data order has a generator of its
+        own, seeded alike on every rank.
+        """
+        return seed + self.rank
+
     def shard(self, index: torch.Tensor) -> torch.Tensor:
         """This rank's images of a global batch: every world_size-th, from position rank."""
         return index[self.rank::self.world_size] if self.enabled else index
@@ -80,6 +90,14 @@ class Dist:
         t = torch.tensor([int(flag)], device=self.device)
         torch_dist.broadcast(t, src=0)
         return bool(t.item())
+
+    def gather(self, obj: object) -> list:
+        """Every rank's `obj`, in rank order, on every rank (the RNG states that the resume state keeps per rank)."""
+        if not self.enabled:
+            return [obj]
+        objs = [None] * self.world_size
+        torch_dist.all_gather_object(objs, obj)
+        return objs
 
     def share(self, data: bytes | None) -> bytes | None:
         """Rank 0's bytes (None: nothing) on every rank: the saved training state, which only rank 0 reads."""

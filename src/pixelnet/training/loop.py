@@ -40,8 +40,9 @@ Resume after any kill: `fit` saves and continues from the run's full state (resu
 every `checkpoint_every` steps, every CHECKPOINT_SECONDS and at each epoch end.
 
 Data parallel under torchrun (`dist`, distributed.py): every rank draws the
-same permutation and trains on its slice of each global batch; DDP averages
-the gradients; the reported loss is the mean over ranks.  Only rank 0 validates and writes the state; decisions
+same permutation and trains on its slice of each global batch, with dropout
+masks of its own (seed + rank); DDP averages the gradients; the reported loss
+is the mean over ranks.  Only rank 0 validates and writes the state; decisions
 that depend on its clock are broadcast.
 """
 
@@ -68,7 +69,7 @@ from pixelnet.model.likelihood import (
 )
 from pixelnet.training.distributed import Dist
 from pixelnet.training.precision import resolve_precision
-from pixelnet.training.resume import EpochRecord, Progress, capture, finished, set_rng_state
+from pixelnet.training.resume import EpochRecord, Progress, capture, finished, rng_state, set_rng_state
 
 READ_EVERY = 10  # optimizer steps between reads of the losses to the host, the loop's one wait for the device
 # Seconds of rank 0's clock after which the resume state is saved even before checkpoint_every steps have passed:
@@ -236,8 +237,9 @@ class Checkpoints:
     """When `fit` saves the resume state, and the saving.
 
     At each epoch end, and at a read of the losses (between reads `progress` lags the weights) once `every`
-    steps (train.checkpoint_every) or `seconds` of rank 0's clock have passed since the last save.  `on_save`
-    (the same on every rank, or None on every rank) is called on rank 0.
+    steps (train.checkpoint_every) or `seconds` of rank 0's clock have passed since the last save.  Every
+    rank takes part in a save, for the state keeps every rank's RNGs; `on_save` (the same on every rank, or
+    None on every rank) is called on rank 0.
     """
 
     def __init__(self, on_save: Callable[[dict], None] | None, step_fn: TrainStep, *, watch: Stopwatch, dist: Dist,
@@ -261,8 +263,9 @@ class Checkpoints:
     def save(self, progress: Progress) -> None:
         if self.on_save is None:
             return
+        rngs = self.dist.gather(rng_state(self.device))
         if self.dist.main:
-            self.on_save(capture(self.step_fn, progress, self.device))
+            self.on_save(capture(self.step_fn, progress, rngs))
         self.last = time.monotonic()
 
 
@@ -290,7 +293,7 @@ def fit(
     `resume` is such a state to continue from.
     """
     dist = dist or Dist(device=device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(dist.rank_seed(cfg.seed))  # dropout: every rank draws its own masks
     order = torch.Generator().manual_seed(cfg.seed)  # the data order: the same on every rank
     model.to(device).train()
     if resume is not None:
@@ -301,7 +304,7 @@ def fit(
     if resume is not None:
         step_fn.load_state_dict(resume["train_step"])
         progress = Progress.from_state(resume["progress"])
-        set_rng_state(resume["rng"], device)
+        set_rng_state(resume["rng"][dist.rank], device)
     eval_model = copy.deepcopy(model) if step_fn.ema else model  # holds the EMA weights for validation
     images = train.images.to(device)  # once: every batch is gathered on the device
     labels = train.labels.to(device) if is_conditional(model) else None

@@ -2,14 +2,15 @@
 
 Every `checkpoint_every` optimizer steps, every CHECKPOINT_SECONDS and at
 each epoch end (loop.py says when), `fit` hands `on_save` the full state of the
-run (`capture`): weights, optimizer, schedule, EMA, every RNG, the
-position (`Progress`: epoch, batch, step), the epoch's partial loss sums,
+run (`capture`): weights, optimizer, schedule, EMA, every RNG of every rank,
+the position (`Progress`: epoch, batch, step), the epoch's partial loss sums,
 the training time so far and the epoch history, as tensors and plain types
 that load with weights_only=True.  The data order is kept as the order
 generator's state at the start of the epoch in progress: the permutation is
 drawn again and the batches done are skipped.  `fit(..., resume=state)`
 continues from such a state and ends bit for bit where the uninterrupted run
-ends.
+ends; under torchrun each rank takes back its own RNGs (its dropout masks are
+its own: distributed.py).
 
 The train stage saves the state with its fingerprint (`train_fingerprint`:
 params, data, code, world) and step log; `saved_state` gives it back only
@@ -39,7 +40,7 @@ from pixelnet.model import ModelConfig
 from pixelnet.schema import to_dict
 from pixelnet.training.distributed import Dist
 
-STATE_FORMAT = 1  # the layout of `capture`'s dict
+STATE_FORMAT = 2  # the layout of `capture`'s dict (2: one RNG state a rank)
 
 
 @dataclass
@@ -140,10 +141,13 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
 
 
-def capture(step_fn, progress: Progress, device: torch.device) -> dict:
-    """The full state of a run (step_fn: loop.TrainStep).  Its tensors are the live ones: save or copy them at once."""
+def capture(step_fn, progress: Progress, rngs: list[dict]) -> dict:
+    """The full state of a run (step_fn: loop.TrainStep; rngs: every rank's `rng_state`, in rank order).
+
+    Its tensors are the live ones: save or copy them at once.
+    """
     return {"format": STATE_FORMAT, "model": step_fn.module.state_dict(), "train_step": step_fn.state_dict(),
-            "rng": rng_state(device), "progress": progress.to_state()}
+            "rng": rngs, "progress": progress.to_state()}
 
 
 def restore_final(model: nn.Module, state: dict) -> None:
