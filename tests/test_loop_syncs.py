@@ -25,6 +25,8 @@ from tests.conftest import model_config
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
+PP_CFG = model_config(arch="pixelcnnpp", channels=8, resnet_layers=1, resolutions=2, dropout=0.5, norm="weight",
+                      head="logistic_mixture", levels=4, height=6, width=6, conditional=True, n_classes=2)
 TRAIN = TrainConfig(epochs=2, batch_size=4, lr=0.01, ema_decay=0.9, checkpoint_every=0)  # 28 images: 7 steps an epoch
 READS = [3, 6, 7, 9, 12, 14]  # with read_every=3: the multiples of 3 and each epoch's last step
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
@@ -37,10 +39,10 @@ def split(n: int, seed: int) -> Split:
     return Split(x, torch.arange(n) % 2)
 
 
-def run(**kwargs) -> tuple[torch.nn.Module, list, list[tuple[int, int, float]], list[dict]]:
+def run(config=CFG, **kwargs) -> tuple[torch.nn.Module, list, list[tuple[int, int, float]], list[dict]]:
     """fit on a fixed tiny problem: the model, its history, every on_step call and every saved state."""
     torch.manual_seed(1)
-    model = build_model(CFG)
+    model = build_model(config)
     steps, saves = [], []
 
     def on_save(state: dict) -> None:
@@ -57,7 +59,8 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_host_reads_happen_only_where_the_losses_are_read(monkeypatch):
+@pytest.mark.parametrize("config", [CFG, PP_CFG], ids=["pixelcnn", "pixelcnnpp-mixture-conditional"])
+def test_host_reads_happen_only_where_the_losses_are_read(monkeypatch, config):
     steps_run = 0
     reads: dict[int, list[str]] = defaultdict(list)  # after how many steps -> the pixelnet functions that read
 
@@ -80,7 +83,7 @@ def test_host_reads_happen_only_where_the_losses_are_read(monkeypatch):
     monkeypatch.setattr(loop, "_train_batch", train_batch)
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, counted(name))
-    _, _, steps, _ = run(read_every=3)
+    _, _, steps, _ = run(config, read_every=3)
     monkeypatch.undo()
 
     assert [s for s, _, _ in steps] == list(range(1, 15))
