@@ -320,9 +320,7 @@ def fit(
         _train_epoch(step_fn, batches, progress, images=images, labels=labels, dist=dist, losses=losses,
                      saves=saves, read_every=read_every)
         seconds = watch.epoch()
-        if step_fn.ema and dist.main:
-            step_fn.ema.copy_to(eval_model)
-        val_bpd = _val_bpd(eval_model, val, batch_size=eval_batch_size, device=device) if dist.main else math.nan
+        val_bpd = _validate(step_fn, eval_model, val, dist=dist, batch_size=eval_batch_size, device=device)
         record = progress.next_epoch(val_bpd=val_bpd, seconds=seconds, lr=step_fn.last_lr, elapsed=watch.run(),
                                      order=order.get_state())
         if on_epoch:
@@ -356,6 +354,16 @@ def _train_batch(step_fn: TrainStep, images: torch.Tensor, labels: torch.Tensor 
     x = images.index_select(0, idx)
     y = labels.index_select(0, idx) if labels is not None else None
     return dist.mean(step_fn(x, y))
+
+
+def _validate(step_fn: TrainStep, eval_model: nn.Module, val: Split, *, dist: Dist, batch_size: int,
+              device: torch.device) -> float:
+    """Rank 0's validation bits/dim of the weights `fit` returns (the EMA's, if any); NaN on the other ranks."""
+    if not dist.main:
+        return math.nan
+    if step_fn.ema:
+        step_fn.ema.copy_to(eval_model)
+    return _val_bpd(eval_model, val, batch_size=batch_size, device=device)
 
 
 def _val_bpd(model: nn.Module, val: Split, *, batch_size: int, device: torch.device) -> float:
