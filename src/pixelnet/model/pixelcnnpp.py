@@ -139,7 +139,7 @@ class GatedResnet(nn.Module):
         c = elu(c)
         c = conv_out(dropout(c) if dropout is not None else c)
         if cond is not None:
-            c = c + cond.to(c.dtype)  # under bf16 autocast the stream stays bf16
+            c = c + (cond if cond.dtype == c.dtype else cond.to(c.dtype))  # under bf16 autocast the stream stays bf16
         gate, value_gate = c.chunk(2, dim=1)
         return x + gate * torch.sigmoid(value_gate)
 

@@ -36,7 +36,6 @@ which its forward pass walks too.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -70,6 +69,7 @@ class _Conv:
         self.matrix = self.weight.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()  # rows (kh, kw, Cin)
         h, w = size
         self.buf = self.weight.new_zeros(n, h + self.top, w + left + right, c_in)
+        self.at: tuple[int, int | None] = (0, None)  # where `here` puts and computes
 
     def put(self, r: int, j: int | None, value: torch.Tensor) -> None:
         """Input row r (value (N, Cin, W)) or input position (r, j) (value (N, Cin)) is final."""
@@ -78,12 +78,12 @@ class _Conv:
         else:
             self.buf[:, r + self.top, j + self.left] = value
 
-    def at(self, r: int, j: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The conv as a function of its input at row r or position (r, j): puts it, returns the output there."""
-        def conv(value: torch.Tensor) -> torch.Tensor:
-            self.put(r, j, value)
-            return self(r, j)
-        return conv
+    def here(self, value: torch.Tensor) -> torch.Tensor:
+        """The conv as a function of its input at `self.at` (a row (r, None) or a position (r, j)): puts the input
+        there and returns the output there."""
+        r, j = self.at
+        self.put(r, j, value)
+        return self(r, j)
 
     def __call__(self, r: int, j: int | None) -> torch.Tensor:
         s = self.stride
@@ -116,8 +116,9 @@ class _Resnet:
     def __call__(self, r: int, j: int | None, x: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output at row r (x (N, F, W)) or at (r, j) (x (N, F)); inputs there are final."""
         cond = self.cond if self.cond is None or j is not None else self.cond[:, :, None]
-        return self.layer.step(x, a, cond, conv_in=self.conv_in.at(r, j), conv_out=self.conv_out.at(r, j),
-                               nin=self.nin, elu=_concat_elu)
+        self.conv_in.at = self.conv_out.at = (r, j)
+        return self.layer.step(x, a, cond, conv_in=self.conv_in.here, conv_out=self.conv_out.here, nin=self.nin,
+                               elu=_concat_elu)
 
 
 class _Deconv:
