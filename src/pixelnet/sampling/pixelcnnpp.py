@@ -26,11 +26,9 @@ reruns only the head's 1x1 layers with the pixel's channels written so far.
 
 Values are the full forward pass's up to float rounding: the same weights
 (weight normalization evaluated once), the same zero padding and shifts.
-The structure is the model's own: each gated ResNet layer runs its
-`GatedResnet.step` with convs that compute a row or a position from their
-buffers, each transposed conv crops with its module's `crop`, and the maps
-the short-cuts carry are numbered by the model's `shortcuts` (`Shortcuts`),
-which its forward pass walks too.
+The structure is the model's own: each gated ResNet layer runs its `GatedResnet.step`
+with convs that compute a row or a position from buffers, transposed convs crop with
+their module's `crop`, and the short-cut maps follow `model.shortcuts`, as forward does.
 """
 
 from __future__ import annotations
@@ -64,11 +62,10 @@ class _Conv:
         self.weight, self.bias = conv.weight.detach(), conv.bias.detach()
         c_out, c_in, self.kh, self.kw = self.weight.shape
         self.stride = conv.stride[0]
-        left, right, self.top, _ = module.pad
-        self.left = left
+        self.left, right, self.top, _ = module.pad
         self.matrix = self.weight.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()  # rows (kh, kw, Cin)
         h, w = size
-        self.buf = self.weight.new_zeros(n, h + self.top, w + left + right, c_in)
+        self.buf = self.weight.new_zeros(n, h + self.top, w + self.left + right, c_in)
         self.at: tuple[int, int | None] = (0, None)  # where `here` puts and computes
 
     def put(self, r: int, j: int | None, value: torch.Tensor) -> None:
@@ -79,8 +76,7 @@ class _Conv:
             self.buf[:, r + self.top, j + self.left] = value
 
     def here(self, value: torch.Tensor) -> torch.Tensor:
-        """The conv as a function of its input at `self.at` (a row (r, None) or a position (r, j)): puts the input
-        there and returns the output there."""
+        """Put the input at `self.at` (row (r, None) or position (r, j)) and return the output there."""
         r, j = self.at
         self.put(r, j, value)
         return self(r, j)
@@ -102,15 +98,13 @@ def _nin(weight: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 class _Resnet:
-    """A GatedResnet at one level, run through its own `step` with convs that compute one row or position from
-    their buffers; its class embedding (N, 2F), if any."""
+    """A GatedResnet at one level, run through its own `step`; its class embedding (N, 2F), if any."""
 
     def __init__(self, layer: GatedResnet, n: int, size: tuple[int, int], labels: torch.Tensor | None) -> None:
         self.layer = layer
         self.conv_in, self.conv_out = _Conv(layer.conv_in, n, size), _Conv(layer.conv_out, n, size)
-        self.nin = None
-        if layer.nin_skip is not None:
-            self.nin = functools.partial(_nin, layer.nin_skip.weight.detach(), layer.nin_skip.bias.detach())
+        skip = layer.nin_skip
+        self.nin = None if skip is None else functools.partial(_nin, skip.weight.detach(), skip.bias.detach())
         self.cond = layer.embed(labels).detach() if layer.embed is not None else None
 
     def __call__(self, r: int, j: int | None, x: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
