@@ -4,10 +4,12 @@
 section.  Some of its keys are read by only some architectures (`ONLY_FOR`)
 and `mixtures` only by the logistic mixture head: params.yaml sets them all,
 and a key that does not apply must keep its default, so that a changed value
-the chosen model would ignore is an error naming the keys that do apply.  `ModelConfig` is what a network is built from and what a checkpoint
-stores: those params plus the facts of the data it models (intensity levels,
-image shape, classes), which have no defaults, so a model can only be built for
-data it was told about (`ModelConfig.for_data`).
+the chosen model would ignore is an error naming the keys that do apply.
+
+`ModelConfig` is what a network is built from and what a checkpoint stores:
+those params plus the facts of the data it models (intensity levels, image
+shape, classes), which have no defaults, so a model can only be built for data
+it was told about (`ModelConfig.for_data`).
 """
 
 from __future__ import annotations
