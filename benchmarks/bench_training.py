@@ -207,9 +207,14 @@ def print_table(variants: list[str], results: dict[str, list[dict]]) -> None:
         (w, wr), (c, cr) = column(v, "img_per_s"), column(v, "img_per_cpu_s")
         print(f"| {v:16} | {VARIANTS[v]:84} | {w:8.1f} | {wr:10.2f} | {c:12.1f} | {cr:10.2f} |")
     if "compile" in results:
-        cs = [r["compile_s"] for r in results["compile"]]
-        warm = f"{statistics.median(cs[1:]):.1f} s" if len(cs) > 1 else "not measured (1 round)"
-        print(f"\ncompile time: {cs[0]:.1f} s cold (round 1), {warm} with the inductor cache warm")
+        print("\n" + compile_time(results["compile"]))
+
+
+def compile_time(rounds: list[dict]) -> str:
+    """The torch.compile variant's compile time: cold in round 1 (an empty inductor cache), then warm."""
+    cs = [r["compile_s"] for r in rounds]
+    warm = f"{statistics.median(cs[1:]):.1f} s" if len(cs) > 1 else "not measured (1 round)"
+    return f"compile time: {cs[0]:.1f} s cold (round 1, an empty inductor cache), {warm} with the cache warm"
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_training's run(), when run as a script
-from bench_training import run  # noqa: E402  (a worker process, its last stdout line as JSON)
+from bench_training import compile_time, run  # noqa: E402  (run: a worker process, its last stdout line as JSON)
 
 ROWS = {  # name: (what it adds, its settings); every row keeps the settings of the rows above it
     "before": ("the step as issue 21 found it: fp32, NCHW, batch 32, OMP_WAIT_POLICY=PASSIVE",
@@ -248,9 +248,7 @@ def print_table(rows: list[str], results: dict[str, list[dict]], gflop: dict[str
               f"{rate / peak:.0%} ({settings(r)['precision']}) |")
     print(f"\n{statistics.median(gflop.values()):.2f} GFLOP an image, forward and backward (torch.utils.flop_counter)")
     if "compile" in results:
-        cs = [x["compile_s"] for x in results["compile"]]
-        warm = f"{statistics.median(cs[1:]):.1f} s" if len(cs) > 1 else "not measured (1 round)"
-        print(f"compile time: {cs[0]:.1f} s cold (round 1, an empty inductor cache), {warm} with the cache warm")
+        print(compile_time(results["compile"]))
 
 
 if __name__ == "__main__":
