@@ -65,6 +65,17 @@ def test_a_schema_1_checkpoint_may_hold_keys_its_architecture_ignored(tmp_path, 
     assert torch.equal(samples, expected["pixelcnnpp"]["samples"])
 
 
+def test_schema_2_pixelcnnpp_gets_the_layers_it_was_written_with():
+    """A schema-2 PixelCNN++ predates activation, init and attention: it had the concatenated ELU, no attention."""
+    old = MIGRATIONS[1](torch.load(FIXTURES / "pixelcnnpp.pt", weights_only=True))
+    assert old["schema_version"] == 2 and "activation" not in old["config"]
+    new = MIGRATIONS[2](old)
+    assert new["schema_version"] == 3
+    assert (new["config"]["activation"], new["config"]["init"], new["config"]["attention"]) == (
+        "concat_elu", "default", False)
+    assert "activation" not in MIGRATIONS[2](MIGRATIONS[1](torch.load(FIXTURES / "gated.pt", weights_only=True)))["config"]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_checkpoint_stores_only_the_keys_its_architecture_reads(tmp_path, arch):
     cfg = model_config(arch=arch, norm="weight" if arch == "pixelcnnpp" else "batch")
@@ -80,7 +91,7 @@ def test_a_checkpoint_stores_only_the_keys_its_architecture_reads(tmp_path, arch
 def test_an_unknown_or_broken_schema_is_a_clean_error(tmp_path):
     ckpt = torch.load(FIXTURES / "pixelcnn.pt", weights_only=True)
     torch.save(ckpt | {"schema_version": 99}, tmp_path / "future.pt")
-    with pytest.raises(PixelNetError, match="schema 99, this PixelNet reads 1, 2: retrain the model"):
+    with pytest.raises(PixelNetError, match="schema 99, this PixelNet reads 1, 2, 3: retrain the model"):
         read_checkpoint(tmp_path / "future.pt")
     del ckpt["config"]["arch"]
     torch.save(ckpt, tmp_path / "broken.pt")

@@ -74,6 +74,13 @@ VARIANTS = {
                                   "resolutions": 4, "resnet_layers": 2},
     "pixelcnnpp-rgb-r1": {"arch": "pixelcnnpp", "head": "logistic_mixture", "image_channels": 3, "resolutions": 1},
     "pixelcnnpp-softmax-l16-cond-nonorm": {"arch": "pixelcnnpp", "levels": 16, "conditional": True, "norm": "none"},
+    "pixelcnnpp-elu-cond": {"arch": "pixelcnnpp", "head": "logistic_mixture", "activation": "elu", "conditional": True},
+    "pixelcnnpp-elu-softmax-rgb-r2": {"arch": "pixelcnnpp", "activation": "elu", "image_channels": 3,
+                                      "resolutions": 2},
+    "pixelcnnpp-attention-cond": {"arch": "pixelcnnpp", "head": "logistic_mixture", "attention": True,
+                                  "conditional": True},
+    "pixelcnnpp-attention-softmax-rgb-r1": {"arch": "pixelcnnpp", "attention": True, "image_channels": 3,
+                                            "resolutions": 1},
 }
 CASES = matrix_cases() | VARIANTS
 

@@ -40,14 +40,19 @@ def test_levels_halve_rounding_up_and_any_size_runs():
     assert make(resolutions=1, height=5, width=3)(torch.zeros(1, 1, 5, 3, dtype=torch.long)).shape == (1, 9, 5, 3)
 
 
+@pytest.mark.parametrize("variant", [{}, {"activation": "elu"}, {"attention": True}], ids=["concat_elu", "elu",
+                                                                                     "attention"])
 @pytest.mark.parametrize("head", ["logistic_mixture", "softmax"])
 @pytest.mark.parametrize("image_channels, size", [(1, (5, 6)), (3, (4, 5))])
-def test_causal_over_sub_pixels(head, image_channels, size):
+def test_causal_over_sub_pixels(head, image_channels, size, variant):
     """Changing a sub-pixel changes no output for it or any earlier sub-pixel: a mixture's at its pixel
     or earlier ones, a softmax's logits at its sub-pixel or earlier ones.  It does change the next one's."""
     h, w = size
     c = image_channels
-    model = make(head=head, image_channels=c, height=h, width=w, channels=12)
+    model = make(head=head, image_channels=c, height=h, width=w, channels=12, **variant)
+    if variant.get("attention"):
+        with torch.no_grad():  # the attention's position embeddings start at zero: make them matter
+            model.attention.position.normal_()
     x = torch.randint(0, 16, (1, c, h, w), generator=torch.Generator().manual_seed(1))
     order = raster_order(c, h, w)
     with torch.no_grad():
@@ -68,11 +73,12 @@ def test_causal_over_sub_pixels(head, image_channels, size):
                     assert diff[i, j + 1] > 0, (i, j, ch)
 
 
+@pytest.mark.parametrize("attention", [False, True])
 @pytest.mark.parametrize("image_channels", [1, 3])
 @pytest.mark.parametrize("i, j", [(7, 7), (4, 3), (7, 0), (0, 7), (5, 6)])
-def test_no_blind_spot_every_earlier_pixel_reaches_the_output(image_channels, i, j):
+def test_no_blind_spot_every_earlier_pixel_reaches_the_output(image_channels, i, j, attention):
     """Input gradients of a pixel's outputs are non-zero at every earlier pixel and zero at it and after."""
-    model = make(image_channels=image_channels, height=8, width=8, resnet_layers=2)
+    model = make(image_channels=image_channels, height=8, width=8, resnet_layers=2, attention=attention)
     x = torch.randint(0, 16, (1, image_channels, 8, 8), generator=torch.Generator().manual_seed(3)).float()
     x.requires_grad_(True)
     model(x)[0, :, i, j].sum().backward()
@@ -123,6 +129,9 @@ def test_head_and_norm_follow_the_architecture():
     ({"arch": "pixelcnnpp", "dropout": 1.0}, "model.dropout"),
     ({"arch": "pixelcnnpp", "resolutions": 0}, "model.resolutions"),
     ({"arch": "pixelcnnpp", "resnet_layers": 0}, "model.resnet_layers"),
+    ({"arch": "pixelcnnpp", "init": "data", "norm": "none"}, "model.init"),
+    ({"arch": "pixelcnn", "init": "data"}, "model.init is for arch pixelcnnpp"),
+    ({"arch": "gated", "activation": "elu"}, "model.activation is for arch pixelcnnpp"),
 ])
 def test_bad_pixelcnnpp_params_are_config_errors(params, message):
     with pytest.raises(ConfigError, match=message):
@@ -140,3 +149,34 @@ def test_shortcuts_wire_each_layer_down_to_its_mirror_up():
     assert (wiring.start, wiring.down) == (5, ((4,), (3, 2), (1, 0)))
     with pytest.raises(ValueError, match="never read"):
         Shortcuts.of([1, 1], [1, 1])
+
+
+def test_elu_halves_the_gated_layers_conv_inputs():
+    """model.activation: elu feeds the convs F channels where concat_elu feeds them 2F."""
+    for activation, widen in (("concat_elu", 2), ("elu", 1)):
+        layer = make(activation=activation).up[0][0][1]  # level 0, layer 0, the ul stream (one short-cut)
+        assert layer.conv_in.conv.in_channels == widen * 8 and layer.conv_out.conv.in_channels == widen * 8
+        assert layer.nin_skip.in_channels == widen * 8
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_data_init_standardizes_every_weight_normalized_conv_on_its_batch(conditional):
+    """openai's data-dependent init: after it, each conv's outputs on the init batch have mean 0 and std 1
+    (0.1 for the gated layers' second conv), and the network computes a function of the same form."""
+    model = make(height=8, width=8, resnet_layers=2, conditional=conditional, n_classes=3 if conditional else 0,
+                 attention=True).train()
+    x = torch.randint(0, 16, (32, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(32) % 3 if conditional else None
+    model.data_init(x, labels)
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, y, name=name: outputs.__setitem__(name, y))
+             for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model(x, labels)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) > 20
+    for name, y in outputs.items():
+        target = 0.1 if name.endswith(("conv_out.conv", "attention.out")) else 1.0
+        assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-4 * max(1, target), name
+        assert torch.allclose(y.std(dim=(0, 2, 3)), torch.full((y.shape[1],), target), rtol=1e-3), name

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixelnet.training import precision as precision_module
-from pixelnet.training.precision import resolve_precision
+from pixelnet.training.precision import emulated_bf16_warning, resolve_precision
 from tests.conftest import model_config
 
 CPU = torch.device("cpu")
@@ -34,6 +34,23 @@ def test_an_explicit_precision_is_kept_whatever_the_cpu(monkeypatch, chosen):
 def test_auto_on_cuda_asks_the_device(monkeypatch, supported):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: supported)
     assert resolve_precision("auto", torch.device("cuda")) == ("bf16" if supported else "fp32")
+
+
+@pytest.mark.parametrize(("precision", "flags", "warns"), [
+    ("bf16", {"avx2", "avx512f"}, True),  # set by hand where bf16 is emulated
+    ("bf16", {"avx512f", "avx512_bf16"}, False),
+    ("bf16", {"amx_bf16"}, False),
+    ("bf16", set(), False),  # no /proc/cpuinfo: say nothing rather than guess
+    ("auto", {"avx2"}, False),  # auto picks fp32 there itself
+    ("fp32", {"avx2"}, False),
+])
+def test_bf16_by_hand_on_a_cpu_without_native_bf16_warns_naming_the_flags(monkeypatch, precision, flags, warns):
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    warning = emulated_bf16_warning(precision, CPU)
+    assert (warning is not None) == warns
+    if warns:
+        assert "amx_bf16" in warning and "avx512_bf16" in warning and "train.precision" in warning
+    assert emulated_bf16_warning(precision, torch.device("cuda")) is None
 
 
 def test_cpu_flags_reads_this_machines_flags():

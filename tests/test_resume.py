@@ -64,8 +64,11 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_every_save_point_resumes_to_the_same_weights():
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9, checkpoint_every=1)  # 4 steps per epoch
+@pytest.mark.parametrize("levers", [{}, {"weight_decay": 0.01}],
+                         ids=["adam", "muon-shift"])
+def test_every_save_point_resumes_to_the_same_weights(levers):
+    """Muon's momentum and the shifts' RNG are in the state too: a resumed run ends where the uninterrupted one does."""
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9, checkpoint_every=1, **levers)  # 4 steps an epoch
     model, history, saves = run_fit(cfg)
     positions = [(load(s)["progress"]["epoch"], load(s)["progress"]["batch"]) for s in saves]
     # every step, the last batch of an epoch before its validation, and each epoch end
@@ -247,3 +250,19 @@ def test_a_damaged_or_unsafe_state_is_refused_and_training_starts_afresh(run_cli
         assert result.code == 0, result.err
         assert needle in result.out and "training afresh" in result.out and "this would run code" not in result.out
         assert torch.load(out / "state.pt", weights_only=True)["progress"]["epoch"] == 4  # overwritten, finished
+
+
+def test_the_stage_tells_the_pace_once_with_the_time_left_and_a_shorter_setting(run_cli, processed, tmp_path):
+    """One plain line after the first read of the losses (step 10): the training and later stages' time at the
+    pace so far; where training has more than 5 minutes left, the epochs for a first look of about 2 minutes."""
+    params, data = processed
+    result = run_cli(*train_args(params, data, tmp_path / "run"))
+    assert result.code == 0
+    lines = [line for line in (result.out + result.err).splitlines() if line.startswith("pace:")]
+    assert len(lines) == 1 and "over the first 10 steps" in lines[0] and "sample, complete and evaluate" in lines[0]
+    assert "train.epochs=" not in lines[0]  # a tiny run: nothing to shorten
+    from pixelnet.stages.train import pace_line
+
+    slow = pace_line(TrainConfig(epochs=10, batch_size=32), done=10, left=1240, seconds=50.0)  # 6.4 images/s
+    assert "about 103 min more" in slow and "train.epochs=" in slow
+    assert int(slow.split("train.epochs=")[1].split()[0]) == 1

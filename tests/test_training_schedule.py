@@ -1,4 +1,4 @@
-"""Time to quality: the learning-rate schedule, EMA weights, the wall-clock budget, and their config checks."""
+"""Time to quality: the learning-rate schedule, the optimizers, augmentation, EMA weights, the wall-clock budget, and their config checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pixelnet.data.processed import Split
 from pixelnet.errors import ConfigError
 from pixelnet.model.build import build_model
 from pixelnet.schema import from_mapping
-from pixelnet.training.loop import EMA, fit, lr_factor
+from pixelnet.training.loop import EMA, TrainStep, fit, lr_factor, shifted
 from tests.conftest import model_config
 
 CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
@@ -107,7 +107,65 @@ def test_conditional_models_get_their_labels():
     ({"warmup_fraction": 1.5}, "train.warmup_fraction must be in"),
     ({"lr_schedule": "linear"}, "train.lr_schedule must be one of"),
     ({"compile": "yes"}, "train.compile must be true or false"),
+    ({"optimizer": "sgd"}, "train.optimizer must be one of 'adam', 'muon'"),
+    ({"beta1": 1.0}, "train.beta1 must be in"),
+    ({"beta2": -0.1}, "train.beta2 must be in"),
+    ({"weight_decay": -0.01}, "train.weight_decay must be in"),
+    ({"shift": 9}, "train.shift must be between 0 and 8"),
 ])
 def test_bad_train_params_are_rejected(mapping, match):
     with pytest.raises(ConfigError, match=match):
         from_mapping(TrainConfig, mapping, section="train")
+
+
+@pytest.mark.parametrize("arch", ["pixelcnn", "gated", "pixelcnnpp"])
+def test_muon_takes_the_conv_filters_and_adam_the_rest(arch):
+    """Muon gets every filter (weight-normalized directions included) as a matrix view, and moves the filter itself;
+    gains, biases and class embeddings stay with Adam."""
+    cfg = model_config(arch=arch, norm="weight" if arch == "pixelcnnpp" else "batch", conditional=True, n_classes=2,
+                       head="logistic_mixture" if arch == "pixelcnnpp" else "softmax")
+    model = build_model(cfg)
+    step = TrainStep(model, TrainConfig(optimizer="muon", lr=0.01), total_steps=4)
+    adam, muon = step.opts
+    filters = {id(p) for p in muon.filters}
+    names = {n for n, p in model.named_parameters() if id(p) in filters}
+    assert all("bias" not in n and "embed" not in n and not n.endswith("original0") for n in names)
+    assert len(names) == sum(1 for n, p in model.named_parameters() if p.dim() >= 2) - sum(
+        1 for n, p in model.named_parameters() if "embed" in n or n.endswith("original0"))
+    assert {id(p) for g in adam.param_groups for p in g["params"]}.isdisjoint(filters)
+    before = [p.detach().clone() for p in muon.filters]
+    x = torch.randint(0, cfg.levels, (4, 1, cfg.height, cfg.width))
+    step(x, torch.arange(4) % 2)
+    moved = [not torch.equal(b, p) for b, p in zip(before, muon.filters)]
+    assert moved == [p.grad is not None and bool(p.grad.any()) for p in muon.filters] and sum(moved) > len(moved) / 2  # the views wrote through
+
+
+def test_weight_decay_shrinks_filters_only():
+    model = build_model(model_config())
+    (opt,) = TrainStep(model, TrainConfig(weight_decay=0.1), total_steps=4).opts
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert decays[id(p)] == (0.1 if p.dim() >= 2 else 0.0), name
+
+
+def test_shifted_moves_each_image_within_its_frame_and_fills_zeros():
+    x = torch.arange(1, 1 + 2 * 5 * 5, dtype=torch.uint8).view(2, 1, 5, 5).repeat(16, 1, 1, 1)
+    torch.manual_seed(0)
+    out = shifted(x, 2)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    seen = set()
+    for img, src in zip(out, x):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(img, _moved(src, dy, dx))]
+        assert found, "every output is its image moved by some offset in [-2, 2]^2"
+        seen.add(found[0])
+    assert len(seen) > 5  # the offsets vary from image to image
+
+
+def _moved(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """img (C, H, W) moved dy rows down and dx columns right, zeros where nothing moved in."""
+    out = torch.zeros_like(img)
+    h, w = img.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[:, max(-dy, 0):h - max(dy, 0),
+                                                                        max(-dx, 0):w - max(dx, 0)]
+    return out

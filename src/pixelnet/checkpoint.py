@@ -31,7 +31,7 @@ from pixelnet.model.config import applies
 from pixelnet.model.build import build_model
 from pixelnet.schema import from_mapping, to_dict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _schema_1_to_2(ckpt: dict) -> dict:
@@ -53,8 +53,17 @@ def _schema_1_to_2(ckpt: dict) -> dict:
                    "state_dict": {rename(k): v for k, v in ckpt["state_dict"].items()}}
 
 
+def _schema_2_to_3(ckpt: dict) -> dict:
+    """Schema 2 -> 3.  PixelCNN++ got `activation`, `init` and `attention`: configs written before them held the
+    concatenated ELU, the default init and no attention, whatever the defaults are now."""
+    config = ckpt["config"]
+    if config["arch"] == "pixelcnnpp":
+        config = {"activation": "concat_elu", "init": "default", "attention": False} | config
+    return ckpt | {"schema_version": 3, "config": config}
+
+
 # Schema version -> the function that brings a checkpoint of that version to the next one.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _schema_1_to_2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _schema_1_to_2, 2: _schema_2_to_3}
 
 
 def stored_config(config: dict) -> dict:

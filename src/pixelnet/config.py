@@ -67,7 +67,12 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 3e-3  # the peak learning rate
+    optimizer: Literal["adam", "muon"] = "adam"  # muon: Muon for the conv filters (as matrices), Adam for the rest
+    lr: float = 3e-3  # the peak learning rate (Muon's updates are scaled to Adam's size, so one lr serves both)
+    beta1: float = 0.9  # Adam's (and Muon's momentum is 0.95)
+    beta2: float = 0.999
+    weight_decay: float = 0.0  # decoupled (AdamW's), on the conv filters only
+    shift: int = 0  # data augmentation: each training image moved by up to this many pixels each way (0: off)
     # After the warmup: cosine to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).
     lr_schedule: Literal["cosine", "constant", "exponential"] = "cosine"
     lr_decay: float = 0.999995  # exponential only: the factor per optimizer step (openai's pixel-cnn default)
@@ -87,6 +92,10 @@ class TrainConfig:
         require(self.epochs >= 1, s, "epochs", "must be >= 1", self.epochs)
         require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
         require(0.0 < self.lr < 1.0, s, "lr", "must be in (0, 1)", self.lr)
+        require(0.0 <= self.beta1 < 1.0, s, "beta1", "must be in [0, 1)", self.beta1)
+        require(0.0 <= self.beta2 < 1.0, s, "beta2", "must be in [0, 1)", self.beta2)
+        require(0.0 <= self.weight_decay < 1.0, s, "weight_decay", "must be in [0, 1) (0: off)", self.weight_decay)
+        require(0 <= self.shift <= 8, s, "shift", "must be between 0 and 8 pixels (0: off)", self.shift)
         require(0.0 < self.lr_decay <= 1.0, s, "lr_decay", "must be in (0, 1]", self.lr_decay)
         require(0.0 <= self.warmup_fraction < 1.0, s, "warmup_fraction", "must be in [0, 1)", self.warmup_fraction)
         require(0.0 <= self.ema_decay < 1.0, s, "ema_decay", "must be in [0, 1) (0 turns EMA off)", self.ema_decay)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the data stages read these configs without loading torch
 ONLY_FOR: dict[str, tuple[str, ...]] = {
     "blocks": ("pixelcnn", "gated"), "first_kernel": ("pixelcnn", "gated"), "kernel": ("pixelcnn", "gated"),
     "resnet_layers": ("pixelcnnpp",), "resolutions": ("pixelcnnpp",), "dropout": ("pixelcnnpp",),
+    "activation": ("pixelcnnpp",), "init": ("pixelcnnpp",), "attention": ("pixelcnnpp",),
 }
 
 
@@ -53,6 +54,11 @@ class ModelParams:
     resnet_layers: int = 1
     resolutions: int = 3
     dropout: float = 0.0
+    # pixelcnnpp: the gated ResNet layers' nonlinearity: concat_elu ([elu(x), elu(-x)], the paper's; its convs
+    # read twice the channels) or elu.  init: data (openai's data-dependent init of the weight-normalized convs).
+    activation: Literal["concat_elu", "elu"] = "concat_elu"
+    init: Literal["default", "data"] = "default"
+    attention: bool = False  # pixelcnnpp: causal self-attention over the ul stream at the lowest resolution
     # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
     conditional: bool | Literal["auto"] = "auto"
 
@@ -64,6 +70,8 @@ class ModelParams:
         require(self.resnet_layers >= 1, s, "resnet_layers", "must be >= 1", self.resnet_layers)
         require(self.resolutions >= 1, s, "resolutions", "must be >= 1 (1: no downsampling)", self.resolutions)
         require(0 <= self.dropout < 1, s, "dropout", "must be in [0, 1)", self.dropout)
+        require(self.init == "default" or self.arch != "pixelcnnpp" or self.norm in ("auto", "weight"), s, "init",
+                "data initializes weight-normalized convs: it needs model.norm auto or weight", self.init)
         takes = ("weight", "none") if self.arch == "pixelcnnpp" else ("batch", "none")
         require(self.norm in ("auto", *takes), s, "norm",
                 "must be auto, weight or none for pixelcnnpp, and auto, batch or none for pixelcnn and gated", self.norm)

@@ -44,12 +44,14 @@ softmax head's masked ones; openai's data-dependent init is not done.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 from pixelnet.model.config import ModelConfig
 from pixelnet.model.layers import MaskedConv2d, in_float32, scale_input, shift_down, shift_right
@@ -62,11 +64,26 @@ def concat_elu(x: torch.Tensor) -> torch.Tensor:
     return F.elu(torch.cat([x, -x], dim=1))
 
 
+ATTENTION_HEADS = 4
+RESIDUAL_OUTPUTS = ("conv_out.conv", "attention.out")  # the convs that end a residual branch: data_init starts them small
+ACTIVATIONS: dict[str, tuple[Conv, int]] = {"concat_elu": (concat_elu, 2), "elu": (F.elu, 1)}  # fn, channels out a in
+
+
 def normed(module: nn.Module, weight_norm: bool) -> nn.Module:
     if not weight_norm:
         return module
     dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0  # per output feature
     return nn.utils.parametrizations.weight_norm(module, dim=dim)
+
+
+def _standardize(conv: nn.Module, inputs, y: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """Forward hook of `data_init`: rescale the conv's gain and bias so that y's channels get mean 0, std `scale`."""
+    mean, std = y.mean(dim=(0, 2, 3)), y.std(dim=(0, 2, 3)) + 1e-8
+    k = scale / std
+    gain = conv.parametrizations.weight.original0  # (Cout, 1, 1, 1), or (1, Cout, 1, 1) for a transposed conv
+    gain.mul_(k.view_as(gain))
+    conv.bias.sub_(mean).mul_(k)
+    return (y - mean[:, None, None]) * k[:, None, None]
 
 
 class ShiftedConv2d(nn.Module):
@@ -112,19 +129,21 @@ class GatedResnet(nn.Module):
     """x + A * sigmoid(B) of the module docstring; `shortcuts` feature maps of short-cut input (0, 1 or 2)."""
 
     def __init__(self, channels: int, *, shift: str, shortcuts: int, dropout: float, n_classes: int,
-                 weight_norm: bool) -> None:
+                 weight_norm: bool, activation: str = "concat_elu") -> None:
         super().__init__()
         kernel = (2, 3) if shift == "down" else (2, 2)
-        self.conv_in = ShiftedConv2d(2 * channels, channels, kernel, shift=shift, weight_norm=weight_norm)
-        self.nin_skip = normed(nn.Conv2d(2 * shortcuts * channels, channels, 1), weight_norm) if shortcuts else None
+        self.elu, widen = ACTIVATIONS[activation]
+        self.conv_in = ShiftedConv2d(widen * channels, channels, kernel, shift=shift, weight_norm=weight_norm)
+        self.nin_skip = (normed(nn.Conv2d(widen * shortcuts * channels, channels, 1), weight_norm)
+                         if shortcuts else None)
         self.dropout = nn.Dropout(dropout)
-        self.conv_out = ShiftedConv2d(2 * channels, 2 * channels, kernel, shift=shift, weight_norm=weight_norm)
+        self.conv_out = ShiftedConv2d(widen * channels, 2 * channels, kernel, shift=shift, weight_norm=weight_norm)
         self.embed = nn.Embedding(n_classes, 2 * channels) if n_classes else None
 
     def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         cond = None if self.embed is None else self.embed(labels)[:, :, None, None]
         return self.step(x, a, cond, conv_in=self.conv_in, conv_out=self.conv_out, nin=self.nin_skip,
-                         dropout=self.dropout)
+                         dropout=self.dropout, elu=self.elu)
 
     def step(self, x: torch.Tensor, a: torch.Tensor | None, cond: torch.Tensor | None, *, conv_in: Conv,
              conv_out: Conv, nin: Conv | None, dropout: Conv | None = None, elu: Conv = concat_elu) -> torch.Tensor:
@@ -142,6 +161,42 @@ class GatedResnet(nn.Module):
             c = c + (cond if cond.dtype == c.dtype else cond.to(c.dtype))  # under bf16 autocast the stream stays bf16
         gate, value_gate = c.chunk(2, dim=1)
         return x + gate * torch.sigmoid(value_gate)
+
+
+class CausalAttention(nn.Module):
+    """Causal self-attention over the positions of a (N, F, H, W) map in raster order, each position attending
+    to itself and every one before it (PixelSNAIL's, here at the lowest resolution level of the ul stream).
+
+    Causal because a ul map at level k and position (r, c) depends only on full-resolution pixels before
+    (2^k r, 2^k c): so does every position before it.  Learned position embeddings tell the keys and queries
+    where each position is; the output's 1x1 conv starts small (0.1 under the data-dependent init), as the
+    gated layers' residual branches do.
+    """
+
+    def __init__(self, channels: int, size: tuple[int, int], *, heads: int, weight_norm: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = normed(nn.Conv2d(channels, 3 * channels, 1), weight_norm)
+        self.position = nn.Parameter(torch.zeros(channels, *size))
+        self.out = normed(nn.Conv2d(channels, channels, 1), weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, f, h, w = x.shape
+        q, k, v = self._qkv(x).unflatten(1, (3, self.heads, f // self.heads)).flatten(4).unbind(1)  # (N, h, d, HW)
+        y = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), is_causal=True)
+        return x + self.out(y.transpose(2, 3).reshape(n, f, h, w))
+
+    def at(self, x: torch.Tensor, r: int, c: int) -> torch.Tensor:
+        """The output (N, F) at position (r, c) of x (N, F, H, W), whose positions up to (r, c) are final."""
+        n, f, h, w = x.shape
+        p = r * w + c
+        q, k, v = self._qkv(x).flatten(2)[:, :, :p + 1].unflatten(1, (3, self.heads, f // self.heads)).unbind(1)
+        y = F.scaled_dot_product_attention(q[..., -1:].transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+        out = self.out(y.transpose(2, 3).reshape(n, f, 1, 1))[:, :, 0, 0]
+        return x[:, :, r, c] + out
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(F.elu(x + self.position.to(x.dtype)))
 
 
 @dataclass(frozen=True)
@@ -192,7 +247,7 @@ class PixelCNNPP(nn.Module):
 
         def resnet(shift: str, shortcuts: int) -> GatedResnet:
             return GatedResnet(f, shift=shift, shortcuts=shortcuts, dropout=config.dropout, n_classes=n_classes,
-                               weight_norm=wn)
+                               weight_norm=wn, activation=config.activation)
 
         self.u_init = ShiftedConv2d(c + 1, f, (2, 3), shift="down", weight_norm=wn)
         self.ul_init_above = ShiftedConv2d(c + 1, f, (1, 3), shift="down", weight_norm=wn)
@@ -209,6 +264,9 @@ class PixelCNNPP(nn.Module):
             ShiftedDeconv2d(f, shift="down", weight_norm=wn),
             ShiftedDeconv2d(f, shift="down_right", weight_norm=wn)]) for _ in range(levels - 1))
         self.shortcuts = Shortcuts.of([len(block) for block in self.up], [len(block) for block in self.down])
+        # model.attention: causal self-attention over the ul stream at the lowest level, where the pass down starts.
+        self.attention = CausalAttention(f, self.sizes()[-1], heads=ATTENTION_HEADS if f % ATTENTION_HEADS == 0
+                                         else 1, weight_norm=wn) if config.attention else None
         out, g = self.distribution.out_channels, self.distribution.groups
         if config.head == "logistic_mixture":  # openai's: one 1x1 conv of elu(ul)
             self.head_out = normed(nn.Conv2d(f, out, 1), wn)
@@ -242,6 +300,8 @@ class PixelCNNPP(nn.Module):
                 ul = ul_layer(ul, u, labels)
                 us[e], uls[e] = u, ul
         u, ul = us.pop(self.shortcuts.start), uls.pop(self.shortcuts.start)
+        if self.attention is not None:
+            ul = self.attention(ul)
         sizes = self.sizes()
         for d, (block, reads) in enumerate(zip(self.down, self.shortcuts.down)):
             if d > 0:
@@ -251,6 +311,21 @@ class PixelCNNPP(nn.Module):
                 u = u_layer(u, us.pop(e), labels)
                 ul = ul_layer(ul, torch.cat([u, uls.pop(e)], dim=1), labels)
         return self.distribution.arrange(in_float32(self.head, F.elu(ul), xs))
+
+    @torch.no_grad()
+    def data_init(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """openai's data-dependent init: one forward pass of x that sets each weight-normalized conv's gain and
+        bias, in order, so that its outputs on x have mean 0 and standard deviation 1 (0.1 for the last conv
+        of each residual branch, which then starts small)."""
+        hooks = [m.register_forward_hook(functools.partial(_standardize, scale=0.1 if name.endswith(RESIDUAL_OUTPUTS)
+                                                           else 1.0))
+                 for name, m in self.named_modules() if parametrize.is_parametrized(m, "weight")
+                 and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        try:
+            self(x, labels)
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def head(self, features: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """The head's output from elu(ul) and the scaled image (whose current pixel only a softmax over RGB reads)."""

@@ -39,7 +39,7 @@ import torch
 from torch.nn import functional as F
 
 from pixelnet.model.layers import scale_input
-from pixelnet.model.pixelcnnpp import GatedResnet, PixelCNNPP, ShiftedConv2d, ShiftedDeconv2d
+from pixelnet.model.pixelcnnpp import GatedResnet, PixelCNNPP, ShiftedConv2d, ShiftedDeconv2d, concat_elu
 
 
 def _concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ class _Resnet:
         cond = self.cond if self.cond is None or j is not None else self.cond[:, :, None]
         self.conv_in.at = self.conv_out.at = (r, j)
         return self.layer.step(x, a, cond, conv_in=self.conv_in.here, conv_out=self.conv_out.here, nin=self.nin,
-                               elu=_concat_elu)
+                               elu=_concat_elu if self.layer.elu is concat_elu else self.layer.elu)
 
 
 class _Deconv:
@@ -160,6 +160,7 @@ class PixelCNNPPIncremental:
         self.upsize = [(_Deconv(u, n, sizes[self.depth - 2 - d]), _Deconv(ul, n, sizes[self.depth - 2 - d]))
                        for d, (u, ul) in enumerate(model.upsize)]
 
+        self.attention = model.attention
         # The pass up's u and ul maps (model.shortcuts), at their levels' sizes.
         self.shortcuts = model.shortcuts
         self.us = [weight.new_zeros(n, f, *sizes[k]) for k in self.shortcuts.level]
@@ -232,7 +233,12 @@ class PixelCNNPPIncremental:
                 self.downsize[k][1].put(r, c, ul)
         for k in reversed(due):
             r, c, d = i >> k, j >> k, self.depth - 1 - k
-            ul = self.uls[self.shortcuts.start][:, :, r, c] if d == 0 else self.upsize[d - 1][1].out[:, :, r, c]
+            if d > 0:
+                ul = self.upsize[d - 1][1].out[:, :, r, c]
+            elif self.attention is not None:
+                ul = self.attention.at(self.uls[self.shortcuts.start], r, c)
+            else:
+                ul = self.uls[self.shortcuts.start][:, :, r, c]
             for l, ((_, layer), e) in enumerate(zip(self.down[d], self.shortcuts.down[d])):
                 ul = layer(r, c, ul, torch.cat([self.u_down[d][l][:, :, r, c], self.uls[e][:, :, r, c]], dim=1))
             if k > 0:

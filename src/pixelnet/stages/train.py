@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -30,8 +32,8 @@ from pixelnet.model import ModelConfig
 from pixelnet.model.build import build_model
 from pixelnet.model.likelihood import class_prior
 from pixelnet.training import distributed
-from pixelnet.training.loop import batches_per_epoch, fit
-from pixelnet.training.precision import resolve_precision
+from pixelnet.training.loop import READ_EVERY, batches_per_epoch, fit
+from pixelnet.training.precision import emulated_bf16_warning, resolve_precision
 from pixelnet.training.resume import (
     TIMING_FIELDS,
     EpochRecord,
@@ -91,6 +93,9 @@ def train(params: Params, *, data_dir: Path, model_path: Path, reports_dir: Path
     model_cfg = model_config_for(params, manifest, data_dir)
     model = build_model(model_cfg)
     with distributed.session(params.train.device, batch_size=params.train.batch_size) as (dist, device):
+        warning = emulated_bf16_warning(params.train.precision, device)
+        if warning and dist.main:
+            tqdm.write(warning, file=sys.stderr)
         # From here on train.precision is what this device runs ("auto" resolved): the fingerprint and reports say so.
         params = replace(params, train=replace(params.train, precision=resolve_precision(params.train.precision,
                                                                                          device)))
@@ -130,10 +135,13 @@ def _run_training(params: Params, model, train_split, val_split, *, device, dist
     def on_save(full: dict) -> None:
         save_train_state(full | {"fingerprint": fingerprint, "steps": pack_steps(steps)}, state_path)
 
+    started, first = time.perf_counter(), len(steps)
     with tqdm(total=total, initial=len(steps), desc="train", unit="batch", mininterval=1.0,
               disable=not dist.main) as bar:
         def on_step(step: int, epoch: int, loss_bpd: float) -> None:
             steps.append({"step": step, "epoch": epoch, "train_bpd": loss_bpd})
+            if step - first == min(READ_EVERY, total - first):  # the session's first read of the losses
+                say(pace_line(cfg, done=step - first, left=total - step, seconds=time.perf_counter() - started))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss_bpd=f"{loss_bpd:.4f}", refresh=False)
 
@@ -143,6 +151,27 @@ def _run_training(params: Params, model, train_split, val_split, *, device, dist
 
         return fit(model, train_split, val_split, cfg, device=device, on_step=on_step, on_epoch=on_epoch,
                    on_save=on_save if state_path is not None else None, resume=state, dist=dist)
+
+
+# The later stages (sample, complete, evaluate) cost about as much as training this many images (measured on the
+# default run: docs/pipeline.md): what the pace line adds for them.
+LATER_STAGES_IMAGES = 7000
+
+
+def pace_line(cfg, *, done: int, left: int, seconds: float) -> str:
+    """The one plain line the stage prints once the pace is known: the time left, and how to look sooner."""
+    pace = done * cfg.batch_size / max(seconds, 1e-9)  # images/s so far, start-up included
+    train_s = left * cfg.batch_size / pace
+    later_s = LATER_STAGES_IMAGES / pace
+    short = max(1, round(cfg.epochs * 120 / max(train_s, 1e-9))) if train_s > 300 else None
+    tip = (f"; for a first look in a few minutes, set train.epochs={short} (dvc exp run -S train.epochs={short}), "
+           "or train.max_minutes" if short and short < cfg.epochs else "")
+    return (f"pace: {pace:.1f} images/s over the first {done} steps: training needs about {_minutes(train_s)} more, "
+            f"and sample, complete and evaluate about {_minutes(later_s)}{tip}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _write_train_outputs(params: Params, model, model_cfg: ModelConfig, history: list[EpochRecord],

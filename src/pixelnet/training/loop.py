@@ -71,6 +71,7 @@ from pixelnet.training.distributed import Dist
 from pixelnet.training.precision import resolve_precision
 from pixelnet.training.resume import EpochRecord, Progress, capture, finished, rng_state, set_rng_state
 
+DATA_INIT_IMAGES = 128  # images of the one forward pass of a data-dependent init (openai's: 100)
 READ_EVERY = 10  # optimizer steps between reads of the losses to the host, the loop's one wait for the device
 # Seconds of rank 0's clock after which the resume state is saved even before checkpoint_every steps have passed:
 # it bounds the training a kill loses where steps are slow (the CIFAR-10 preset saves every 2000 steps).
@@ -133,8 +134,81 @@ def batches_per_epoch(n_images: int, batch_size: int) -> int:
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (network output, x) -> mean NLL in nats
 
 
+def _filters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The conv filters (weights of 2+ dims: not biases, weight normalization's gains or embeddings) and the rest."""
+    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    filters, rest = [], []
+    for name, p in module.named_parameters():
+        is_filter = p.dim() >= 2 and not name.endswith("original0") and id(p) not in embeddings
+        (filters if is_filter else rest).append(p)
+    return filters, rest
+
+
+def _channels_last(p: torch.Tensor) -> bool:
+    return p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+
+
+def _as_matrix(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t (Cout, ...) as a (Cout, -1) matrix, (Cout, kh, kw, Cin)-ordered for a channels-last filter."""
+    t = t.detach()
+    return (t.permute(0, 2, 3, 1) if channels_last else t).reshape(t.shape[0], -1)
+
+
+class MatrixMuon(torch.optim.Muon):
+    """torch's Muon (2-D parameters only) for conv filters, through (out, in * kh * kw) views of them.
+
+    `step` hands each view its filter's gradient, laid out as the view is; Muon's in-place update of the view
+    is the filter's.
+    """
+
+    def __init__(self, filters: list[nn.Parameter], **kwargs) -> None:
+        self.filters = filters
+        self.layouts = [_channels_last(p) for p in filters]
+        self.matrices = [_as_matrix(p, cl) for p, cl in zip(filters, self.layouts)]
+        if not all(m.data_ptr() == p.data_ptr() for m, p in zip(self.matrices, filters)):
+            raise ValueError("MatrixMuon needs filters whose matrix view shares their storage")
+        super().__init__(self.matrices, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for p, m, cl in zip(self.filters, self.matrices, self.layouts):
+            m.grad = None if p.grad is None else _as_matrix(p.grad, cl)
+        return super().step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.filters:  # the filters' own gradients, which the views' zero_grad does not reach
+            p.grad = None
+        super().zero_grad(set_to_none)
+
+
+def make_optimizers(module: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """train.optimizer's optimizers: AdamW (decay on the filters only), or Muon for the filters and AdamW for the rest."""
+    filters, rest = _filters(module)
+    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    if cfg.optimizer == "muon":
+        muon = MatrixMuon(filters, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+        return [torch.optim.AdamW(rest, weight_decay=0.0, **adam), muon]
+    groups = [{"params": filters, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return [torch.optim.AdamW([g for g in groups if g["params"]], **adam)]
+
+
+def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each image of x (N, C, H, W) moved by its own random offsets in [-shift, shift] down and right, zero-filled.
+
+    The offsets come from the device's global RNG, which the resume state keeps.
+    """
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
 class TrainStep:
-    """One optimizer step on a batch (loss, backward, Adam, schedule, EMA): what `fit` repeats and benchmarks time.
+    """One optimizer step on a batch (loss, backward, optimizers, schedule, EMA): what `fit` repeats and benchmarks time.
 
     `model` is what the forward pass runs through (under torchrun, the DDP wrapper); `module` the network
     itself, whose weights the EMA averages (default: `model`).
@@ -146,12 +220,13 @@ class TrainStep:
         self.module = model if module is None else module
         if loss is None:  # the NLL under the network's own output distribution
             loss = functools.partial(mean_nll_nats, self.module.distribution)
-        self.opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
+        self.opts = make_optimizers(self.module, cfg)
         warmup = round(cfg.warmup_fraction * total_steps)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, total_steps, schedule=cfg.lr_schedule, warmup_steps=warmup,
-                                 decay=cfg.lr_decay))
+        schedule = functools.partial(lr_factor, total_steps=total_steps, schedule=cfg.lr_schedule,
+                                     warmup_steps=warmup, decay=cfg.lr_decay)
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in self.opts]
         self.ema = EMA(self.module, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.shift = cfg.shift
         device = next(self.module.parameters()).device
         bf16 = resolve_precision(cfg.precision, device) == "bf16"
         device_type = device.type
@@ -166,24 +241,30 @@ class TrainStep:
         self.last_lr = cfg.lr  # the learning rate the last step used
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        self.last_lr = self.opt.param_groups[0]["lr"]
+        self.last_lr = self.opts[0].param_groups[0]["lr"]
+        if self.shift:
+            x = shifted(x, self.shift)
         loss = self.loss_of(x, labels)
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
-        self.sched.step()
+        for opt, sched in zip(self.opts, self.scheds):
+            opt.step()
+            sched.step()
         if self.ema:
             self.ema.update()
         return loss.detach()
 
     def state_dict(self) -> dict:
         ema = {"shadow": self.ema.shadow, "updates": self.ema.updates} if self.ema else None
-        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "ema": ema,
-                "last_lr": self.last_lr}
+        return {"optimizers": [opt.state_dict() for opt in self.opts],
+                "schedulers": [sched.state_dict() for sched in self.scheds], "ema": ema, "last_lr": self.last_lr}
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        for opt, sched, opt_state, sched_state in zip(self.opts, self.scheds, state["optimizers"], state["schedulers"],
+                                                      strict=True):
+            opt.load_state_dict(opt_state)
+            sched.load_state_dict(sched_state)
         if self.ema:
             for k, v in state["ema"]["shadow"].items():
                 self.ema.shadow[k].copy_(v)
@@ -298,6 +379,10 @@ def fit(
     model.to(device).train()
     if resume is not None:
         model.load_state_dict(resume["model"])
+    elif getattr(getattr(model, "config", None), "init", "default") == "data":  # model.init: data (PixelCNN++)
+        first = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(cfg.seed))[:DATA_INIT_IMAGES]
+        model.data_init(train.images[first].to(device),
+                        train.labels[first].to(device) if is_conditional(model) else None)
     per_epoch = batches_per_epoch(len(train.images), cfg.batch_size)
     step_fn = TrainStep(dist.wrap(model), cfg, total_steps=per_epoch * cfg.epochs, module=model)
     progress = Progress(order=order.get_state())

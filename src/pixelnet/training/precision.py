@@ -44,6 +44,16 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
 
 
+def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
+    """A warning for train.precision: bf16 set by hand on a CPU whose flags show no native bf16 (None otherwise,
+    and None where the flags cannot be read: no guessing)."""
+    if precision != "bf16" or device.type != "cpu" or not cpu_flags() or cpu_has_native_bf16():
+        return None
+    return (f"warning: train.precision is bf16, but this CPU has neither {' nor '.join(CPU_BF16_FLAGS)} in "
+            "/proc/cpuinfo, so bf16 is emulated here and trains many times slower than fp32 (one measured AVX2 "
+            "machine: bf16 matmul 0.11 GFLOP/s against 35 for fp32); set train.precision: auto or fp32")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """train.precision for `device`: "auto" is bf16 where it runs natively (module docstring), else fp32."""
     if precision != "auto":

@@ -40,7 +40,7 @@ from pixelnet.model import ModelConfig
 from pixelnet.schema import to_dict
 from pixelnet.training.distributed import Dist
 
-STATE_FORMAT = 2  # the layout of `capture`'s dict (2: one RNG state a rank)
+STATE_FORMAT = 3  # the layout of `capture`'s dict (2: one RNG state a rank; 3: a list of optimizers)
 
 
 @dataclass
