@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"  # what the configs' overrides apply to (--params)
 
 # The default run of 2026-12-04 (issue 21's choice, 1.126 test bits/dim): every model and train key it reads.
 BASELINE = ("model.arch=pixelcnnpp model.channels=32 model.norm=auto model.head=auto model.mixtures=10 "
@@ -50,7 +51,7 @@ def parse_config(spec: str, epochs: int | None = None) -> tuple[str, str, bool]:
     """
     name, sep, own = spec.partition("=")
     preset = ""
-    if not sep:
+    if not sep or "." in name or " " in name:
         if spec not in PRESETS:
             raise SystemExit(f"--config {spec!r}: write NAME=overrides (e.g. \"b2=train.beta2=0.9995\"), "
                              f"NAME=PRESET:overrides, or a preset ({', '.join(PRESETS)})")
@@ -62,12 +63,12 @@ def parse_config(spec: str, epochs: int | None = None) -> tuple[str, str, bool]:
     return name, " ".join(part for part in (preset, length, own) if part), "train.epochs=" in own or bool(epochs)
 
 
-def prepare(work: Path, levels: int) -> Path:
+def prepare(work: Path, levels: int, params_path: Path = PARAMS) -> Path:
     from pixelnet.config import load_params
     from pixelnet.stages.download import download
     from pixelnet.stages.preprocess import preprocess
 
-    params = load_params(REPO / "params.yaml", [f"data.levels={levels}"])
+    params = load_params(params_path, [f"data.levels={levels}"])
     raw, data = work / "raw", work / f"processed-{levels}"
     if not raw.exists():
         download(params.data, out_dir=raw, cache_dir=work / "external")
@@ -90,7 +91,8 @@ def gflop_per_image(model, cfg, x, labels) -> float:
 
 
 def run_one(name: str, overrides: str, seed: int, *, data: Path, samples: bool, tflop: float | None = None,
-            fixed_epochs: bool = False, test_curve: bool = False) -> dict:
+            fixed_epochs: bool = False, test_curve: bool = False, params_path: Path = PARAMS,
+            limit: int | None = None) -> dict:
     """Train one config with one seed in this process; its row.
 
     With `tflop` (and unless the config fixes its epochs), train.epochs is the whole number of epochs closest to
@@ -109,9 +111,11 @@ def run_one(name: str, overrides: str, seed: int, *, data: Path, samples: bool, 
     from pixelnet.stages.train import make_deterministic, model_config_for
     from pixelnet.training.loop import fit
 
-    params = load_params(REPO / "params.yaml", overrides.split() + [f"train.seed={seed}"])
+    params = load_params(params_path, overrides.split() + [f"train.seed={seed}"])
     manifest = read_manifest(data)
     splits = {s: load_split(data, s, manifest) for s in ("train", "val", "test")}
+    if limit:  # a smoke run: the first `limit` images of each split
+        splits = {k: type(v)(v.images[:limit], v.labels[:limit]) for k, v in splits.items()}
     cpu = torch.device("cpu")
     make_deterministic(seed)
     model = build_model(model_config_for(params, manifest, data))
@@ -179,6 +183,7 @@ def launch(job: tuple[str, str, bool, int], args) -> dict:
     name, overrides, fixed, seed = job
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, __file__, "--one", json.dumps([name, overrides, fixed, seed]), "--work", str(args.work),
+           "--params", str(args.params)] + (["--limit", str(args.limit)] if args.limit else []) + [
            "--levels", str(args.levels)] + (["--samples"] if args.samples else []) + (
                ["--tflop", str(args.tflop)] if args.tflop else []) + (["--curves"] if args.curves else [])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -257,8 +262,11 @@ def main() -> None:
     ap.add_argument("--table", type=Path, help="print the tables of this file's rows and stop")
     ap.add_argument("--curves", action="store_true",
                     help="measure test bits/dim at every epoch end too (outside the training clock), and print the curves")
+    ap.add_argument("--params", type=Path, default=PARAMS, help="the params file the overrides apply to")
+    ap.add_argument("--limit", type=int, help="use only the first N images of each split (a smoke test)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.params = args.params.resolve()
     if args.table:
         rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
         print(table(rows))
@@ -266,11 +274,12 @@ def main() -> None:
             print("\n" + curves(rows))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    data = prepare(args.work, args.levels)
+    data = prepare(args.work, args.levels, args.params)
     if args.one:
         name, overrides, fixed, seed = json.loads(args.one)
         print(json.dumps(run_one(name, overrides, seed, data=data, samples=args.samples, tflop=args.tflop,
-                                 fixed_epochs=fixed, test_curve=args.curves)))
+                                 fixed_epochs=fixed, test_curve=args.curves, params_path=args.params,
+                                 limit=args.limit)))
         return
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     configs = [parse_config(c, args.epochs) for c in args.config or ["baseline-2026-12", "default"]]

@@ -43,6 +43,13 @@ def test_warmup_then_cosine_to_zero():
     assert [lr_factor(s, 100, schedule="constant", warmup_steps=4) for s in (0, 3, 50, 99)] == [0.25, 1.0, 1.0, 1.0]
 
 
+def test_warmup_then_linear_to_zero():
+    f = [lr_factor(s, 100, schedule="linear", warmup_steps=10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == 1.0
+    assert f[55] == pytest.approx(0.5) and f[99] == pytest.approx(1 / 90)
+    assert all(a - b == pytest.approx(1 / 90) for a, b in zip(f[10:], f[11:]))  # a straight line down
+
+
 def test_exponential_decays_every_step_after_the_warmup():
     f = [lr_factor(s, 100, schedule="exponential", warmup_steps=2, decay=0.9) for s in range(6)]
     assert f == pytest.approx([0.5, 1.0, 1.0, 0.9, 0.81, 0.729])
@@ -105,7 +112,7 @@ def test_conditional_models_get_their_labels():
     ({"ema_decay": 1.0}, "train.ema_decay must be in"),
     ({"max_minutes": 0}, "train.max_minutes must be > 0"),
     ({"warmup_fraction": 1.5}, "train.warmup_fraction must be in"),
-    ({"lr_schedule": "linear"}, "train.lr_schedule must be one of"),
+    ({"lr_schedule": "step"}, "train.lr_schedule must be one of"),
     ({"compile": "yes"}, "train.compile must be true or false"),
     ({"optimizer": "sgd"}, "train.optimizer must be one of 'adam', 'muon'"),
     ({"beta1": 1.0}, "train.beta1 must be in"),

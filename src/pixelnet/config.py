@@ -73,8 +73,8 @@ class TrainConfig:
     beta2: float = 0.999
     weight_decay: float = 0.0  # decoupled (AdamW's), on the conv filters only
     shift: int = 0  # data augmentation: each training image moved by up to this many pixels each way (0: off)
-    # After the warmup: cosine to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).
-    lr_schedule: Literal["cosine", "constant", "exponential"] = "cosine"
+    # After the warmup: cosine or linear to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).
+    lr_schedule: Literal["cosine", "linear", "constant", "exponential"] = "cosine"
     lr_decay: float = 0.999995  # exponential only: the factor per optimizer step (openai's pixel-cnn default)
     warmup_fraction: float = 0.05  # of all steps, with the learning rate rising linearly from 0
     ema_decay: float = 0.999  # 0 = off; else the EMA of the weights is what is validated and saved

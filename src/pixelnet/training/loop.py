@@ -90,6 +90,8 @@ def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int, 
     if schedule == "exponential":
         return decay ** (step - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
