@@ -127,24 +127,48 @@ def test_bad_train_params_are_rejected(mapping, match):
 
 @pytest.mark.parametrize("arch", ["pixelcnn", "gated", "pixelcnnpp"])
 def test_muon_takes_the_conv_filters_and_adam_the_rest(arch):
-    """Muon gets every filter (weight-normalized directions included) as a matrix view, and moves the filter itself;
+    """Muon gets every filter (weight-normalized directions included) and moves each one that has a gradient;
     gains, biases and class embeddings stay with Adam."""
     cfg = model_config(arch=arch, norm="weight" if arch == "pixelcnnpp" else "batch", conditional=True, n_classes=2,
                        head="logistic_mixture" if arch == "pixelcnnpp" else "softmax")
     model = build_model(cfg)
     step = TrainStep(model, TrainConfig(optimizer="muon", lr=0.01), total_steps=4)
     adam, muon = step.opts
-    filters = {id(p) for p in muon.filters}
-    names = {n for n, p in model.named_parameters() if id(p) in filters}
+    filters = muon.param_groups[0]["params"]
+    names = {n for n, p in model.named_parameters() if any(p is f for f in filters)}
     assert all("bias" not in n and "embed" not in n and not n.endswith("original0") for n in names)
-    assert len(names) == sum(1 for n, p in model.named_parameters() if p.dim() >= 2) - sum(
-        1 for n, p in model.named_parameters() if "embed" in n or n.endswith("original0"))
-    assert {id(p) for g in adam.param_groups for p in g["params"]}.isdisjoint(filters)
-    before = [p.detach().clone() for p in muon.filters]
+    assert names == {n for n, p in model.named_parameters()
+                     if p.dim() >= 2 and "embed" not in n and not n.endswith("original0")}
+    assert {id(p) for g in adam.param_groups for p in g["params"]}.isdisjoint({id(f) for f in filters})
+    before = [p.detach().clone() for p in filters]
     x = torch.randint(0, cfg.levels, (4, 1, cfg.height, cfg.width))
     step(x, torch.arange(4) % 2)
-    moved = [not torch.equal(b, p) for b, p in zip(before, muon.filters)]
-    assert moved == [p.grad is not None and bool(p.grad.any()) for p in muon.filters] and sum(moved) > len(moved) / 2  # the views wrote through
+    moved = [not torch.equal(b, p) for b, p in zip(before, filters)]
+    assert moved == [p.grad is not None and bool(p.grad.any()) for p in filters] and sum(moved) > len(moved) / 2
+
+
+def test_muon_is_torchs_muon_batched_and_in_float32():
+    """The same update as torch.optim.Muon (match_rms_adamw) up to torch's bfloat16 rounding, for filters of
+    several shapes at once, conv filters through their (Cout, Cin * kh * kw) matrices."""
+    from pixelnet.training.optim import Muon, orthogonalize
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 3, 2, 3), (8, 3, 2, 3), (4, 16, 1, 1), (24, 2, 1, 1)]  # two of one shape; a tall one
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().reshape(p.shape[0], -1).clone()) for p in ours]
+    mine, ref = Muon(ours, lr=0.02, weight_decay=0.1), torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1,
+                                                                          adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.reshape(q.shape).clone()
+        mine.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        assert torch.allclose(p.detach().reshape(q.shape), q.detach(), atol=2e-3)
+    x = torch.randn(3, 5, 9, generator=gen)
+    singular = torch.linalg.svdvals(orthogonalize(x))
+    assert singular.min() > 0.5 and singular.max() < 1.5  # approximately orthogonal rows, as Muon's iteration gives
 
 
 def test_weight_decay_shrinks_filters_only():

@@ -68,6 +68,7 @@ from pixelnet.model.likelihood import (
     total_nll_nats,
 )
 from pixelnet.training.distributed import Dist
+from pixelnet.training.optim import make_optimizers
 from pixelnet.training.precision import resolve_precision
 from pixelnet.training.resume import EpochRecord, Progress, capture, finished, rng_state, set_rng_state
 
@@ -134,64 +135,6 @@ def batches_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (network output, x) -> mean NLL in nats
-
-
-def _filters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """The conv filters (weights of 2+ dims: not biases, weight normalization's gains or embeddings) and the rest."""
-    embeddings = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
-    filters, rest = [], []
-    for name, p in module.named_parameters():
-        is_filter = p.dim() >= 2 and not name.endswith("original0") and id(p) not in embeddings
-        (filters if is_filter else rest).append(p)
-    return filters, rest
-
-
-def _channels_last(p: torch.Tensor) -> bool:
-    return p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-
-
-def _as_matrix(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """t (Cout, ...) as a (Cout, -1) matrix, (Cout, kh, kw, Cin)-ordered for a channels-last filter."""
-    t = t.detach()
-    return (t.permute(0, 2, 3, 1) if channels_last else t).reshape(t.shape[0], -1)
-
-
-class MatrixMuon(torch.optim.Muon):
-    """torch's Muon (2-D parameters only) for conv filters, through (out, in * kh * kw) views of them.
-
-    `step` hands each view its filter's gradient, laid out as the view is; Muon's in-place update of the view
-    is the filter's.
-    """
-
-    def __init__(self, filters: list[nn.Parameter], **kwargs) -> None:
-        self.filters = filters
-        self.layouts = [_channels_last(p) for p in filters]
-        self.matrices = [_as_matrix(p, cl) for p, cl in zip(filters, self.layouts)]
-        if not all(m.data_ptr() == p.data_ptr() for m, p in zip(self.matrices, filters)):
-            raise ValueError("MatrixMuon needs filters whose matrix view shares their storage")
-        super().__init__(self.matrices, **kwargs)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for p, m, cl in zip(self.filters, self.matrices, self.layouts):
-            m.grad = None if p.grad is None else _as_matrix(p.grad, cl)
-        return super().step(closure)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.filters:  # the filters' own gradients, which the views' zero_grad does not reach
-            p.grad = None
-        super().zero_grad(set_to_none)
-
-
-def make_optimizers(module: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """train.optimizer's optimizers: AdamW (decay on the filters only), or Muon for the filters and AdamW for the rest."""
-    filters, rest = _filters(module)
-    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    if cfg.optimizer == "muon":
-        muon = MatrixMuon(filters, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-        return [torch.optim.AdamW(rest, weight_decay=0.0, **adam), muon]
-    groups = [{"params": filters, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return [torch.optim.AdamW([g for g in groups if g["params"]], **adam)]
 
 
 def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:
