@@ -45,7 +45,7 @@ def test_preset_is_the_papers_model_and_schedule():
     assert (d.dataset, d.size, d.levels) == ("cifar10", 32, 256)
     assert (m.arch, m.channels, m.resnet_layers, m.resolutions, m.dropout) == ("pixelcnnpp", 160, 5, 3, 0.5)
     assert (m.head, m.mixtures, m.norm, m.conditional) == ("logistic_mixture", 10, "weight", False)
-    assert (m.activation, m.init) == ("concat_elu", "data")
+    assert (m.activation, m.init, m.attention) == ("concat_elu", "data", False)
     assert (t.batch_size, t.lr, t.lr_schedule, t.lr_decay, t.warmup_fraction, t.ema_decay) == (
         96, 0.001, "exponential", 0.999995, 0.0, 0.9995)
     assert (t.optimizer, t.beta1, t.beta2, t.weight_decay, t.shift) == ("adam", 0.95, 0.9995, 0.0, 0)

@@ -65,10 +65,10 @@ class DataConfig:
 class TrainConfig:
     SECTION: ClassVar[str] = "train"
 
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 32
-    optimizer: Literal["adam", "muon"] = "adam"  # muon: Muon for the conv filters (as matrices), Adam for the rest
-    lr: float = 3e-3  # the peak learning rate (Muon's updates are scaled to Adam's size, so one lr serves both)
+    optimizer: Literal["adam", "muon"] = "muon"  # muon: Muon for the conv filters (as matrices), Adam for the rest
+    lr: float = 0.02  # the peak learning rate (Muon's updates are scaled to Adam's size, so one lr serves both)
     beta1: float = 0.9  # Adam's (and Muon's momentum is 0.95)
     beta2: float = 0.999
     weight_decay: float = 0.0  # decoupled (AdamW's), on the conv filters only

@@ -48,7 +48,7 @@ class ModelParams:
     norm: Literal["auto", "batch", "weight", "none"] = "auto"
     # The output distribution over intensities (model/distributions.py) and its components.
     # "auto": softmax for pixelcnn and gated, logistic_mixture for pixelcnnpp.
-    head: Literal["auto", "softmax", "logistic_mixture"] = "auto"
+    head: Literal["auto", "softmax", "logistic_mixture"] = "softmax"
     mixtures: int = 10
     # pixelcnnpp only (model/pixelcnnpp.py): gated ResNet layers a block, resolution levels, dropout on the residual path.
     resnet_layers: int = 1
@@ -58,7 +58,7 @@ class ModelParams:
     # read twice the channels) or elu.  init: data (openai's data-dependent init of the weight-normalized convs).
     activation: Literal["concat_elu", "elu"] = "concat_elu"
     init: Literal["default", "data"] = "default"
-    attention: bool = False  # pixelcnnpp: causal self-attention over the ul stream at the lowest resolution
+    attention: bool = True  # pixelcnnpp: causal self-attention over the ul stream at the lowest resolution
     # A learned class embedding added in every layer; "auto": when the data has labels (resolve_conditional).
     conditional: bool | Literal["auto"] = "auto"
 
