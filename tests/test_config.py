@@ -108,9 +108,9 @@ def test_a_checkpoint_without_a_data_fact_is_a_clean_error_naming_it(tmp_path, r
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.blocks=12", "model.blocks is for arch pixelcnn and gated: arch pixelcnnpp with head logistic_mixture "
+    ("model.blocks=12", "model.blocks is for arch pixelcnn and gated: arch pixelcnnpp with head softmax "
                         "does not read it, so it must keep its default 7, got 12 (the keys this model reads: arch, "
-                        "channels, norm, head, mixtures, resnet_layers, resolutions, dropout, activation, init, attention, "
+                        "channels, norm, head, resnet_layers, resolutions, dropout, activation, init, attention, "
                         "conditional)"),
     ("model.head=softmax model.mixtures=5", "model.mixtures is for head logistic_mixture"),
 ])

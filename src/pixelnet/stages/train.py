@@ -153,9 +153,9 @@ def _run_training(params: Params, model, train_split, val_split, *, device, dist
                    on_save=on_save if state_path is not None else None, resume=state, dist=dist)
 
 
-# The later stages (sample, complete, evaluate) cost about as much as training this many images (measured on the
-# default run: docs/pipeline.md): what the pace line adds for them.
-LATER_STAGES_IMAGES = 7000
+# The later stages (sample, complete, evaluate) cost about as much as training this many images (78 s at 85
+# images/s in the default run: docs/pipeline.md): what the pace line adds for them.
+LATER_STAGES_IMAGES = 6700
 
 
 def pace_line(cfg, *, done: int, left: int, seconds: float) -> str:

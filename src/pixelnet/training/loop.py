@@ -30,6 +30,10 @@ Time to quality (train section of params.yaml):
   one it stops depends on the machine's speed.  The stage records whether it
   stopped (`budget_bound`); the reproducibility check uses a budget that never
   binds.
+- `optimizer: muon` steps the conv filters with Muon and the rest with AdamW; `adam` everything with AdamW
+  (optim.py).  `shift` moves each training image by up to that many pixels (`shifted`, from the device's RNG,
+  which the resume state keeps); a model whose config says `init: data` gets its data-dependent init from
+  the first DATA_INIT_IMAGES images of the first epoch's order before the first step.
 - `compile: true` runs the loss and its backward through torch.compile
   (the compile time is part of the first epoch's time).
 - `precision: bf16` runs the forward pass under bfloat16 autocast; the output
@@ -311,7 +315,8 @@ def fit(
     read_every: int = READ_EVERY,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> list[EpochRecord]:
-    """Train `model` in place with Adam on cross-entropy; returns one record per epoch run (resumed ones too).
+    """Train `model` in place on its NLL (train.optimizer: Muon and AdamW, or AdamW); returns one record per epoch
+    run (resumed ones too).
 
     With cfg.ema_decay > 0 the model ends up holding the EMA weights.  `on_step` hears of each step when its
     loss is read: every `read_every` steps, at mid-epoch saves and at each epoch end.  `on_save(state)` is called
