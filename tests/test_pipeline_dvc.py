@@ -14,7 +14,7 @@ from tests.conftest import REPO
 def test_exponent_floats_as_dvc_writes_them_are_numbers(tmp_path):
     path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()  # DVC's ruamel writes 0.00001 as 1e-05
-    text = text.replace("  lr: 0.003 ", "  lr: 1e-05 ", 1).replace("  temperature: 1.0\n", "  temperature: 5E-1\n", 1)
+    text = text.replace("  lr: 0.02 ", "  lr: 1e-05 ", 1).replace("  temperature: 1.0\n", "  temperature: 5E-1\n", 1)
     path.write_text(text)
     params = load_params(path, ["evaluate.batch_size=3", "train.seed=7"])
     assert params.train.lr == 1e-05 and params.sample.temperature == 0.5 and params.train.seed == 7

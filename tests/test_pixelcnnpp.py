@@ -116,7 +116,7 @@ def test_label_changes_the_outputs_only_when_conditional():
 
 def test_head_and_norm_follow_the_architecture():
     data = {"levels": 256, "image_channels": 1, "height": 28, "width": 28, "n_classes": 10}
-    pp = ModelConfig.for_data(ModelParams(arch="pixelcnnpp"), **data)
+    pp = ModelConfig.for_data(ModelParams(arch="pixelcnnpp", head="auto"), **data)
     assert (pp.head, pp.norm) == ("logistic_mixture", "weight")
     plain = ModelConfig.for_data(ModelParams(arch="gated"), **data)
     assert (plain.head, plain.norm) == ("softmax", "batch")
