@@ -101,7 +101,7 @@ def test_a_budget_that_binds_stops_between_epochs_and_one_that_does_not_changes_
 
 
 def test_conditional_models_get_their_labels():
-    model, history = run(TrainConfig(epochs=3, batch_size=8, lr=0.01), conditional=True)
+    model, history = run(TrainConfig(epochs=3, batch_size=8, lr=0.05), conditional=True)  # Muon: a toy's lr (test_core_training)
     torch.manual_seed(1)
     untrained = build_model(model.config)
     assert not torch.equal(model.embed.weight, untrained.embed.weight)  # the class embedding was trained
@@ -173,7 +173,7 @@ def test_muon_is_torchs_muon_batched_and_in_float32():
 
 def test_weight_decay_shrinks_filters_only():
     model = build_model(model_config())
-    (opt,) = TrainStep(model, TrainConfig(weight_decay=0.1), total_steps=4).opts
+    (opt,) = TrainStep(model, TrainConfig(optimizer="adam", weight_decay=0.1), total_steps=4).opts
     decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert decays[id(p)] == (0.1 if p.dim() >= 2 else 0.0), name
