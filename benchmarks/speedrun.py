@@ -209,11 +209,14 @@ def table(rows: list[dict], baseline: str = "baseline-2026-12") -> str:
         vals = [r[key] for r in rs if r.get(key) is not None]
         return statistics.fmean(vals) if vals else float("nan")
 
-    def spread(rs, key):
+    def spread(rs, key) -> str:  # max - min over the seeds; "-" for one seed
         vals = [r[key] for r in rs if r.get(key) is not None]
-        return max(vals) - min(vals) if len(vals) > 1 else float("nan")
+        return f"{max(vals) - min(vals):.4f}" if len(vals) > 1 else "-"
 
     base = mean(by_name.get(baseline, []), "test_bpd")
+
+    def vs_base(rs) -> str:  # "-" where the rows hold no baseline run
+        return "-" if base != base else f"{mean(rs, 'test_bpd') - base:+.4f}"
     lines = ["| config | seeds | GFLOP/img | epochs | TFLOP | train s | img/s | val bpd | spread | test bpd | "
              "vs baseline | confident | label match | Fréchet | classes/64 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -228,8 +231,8 @@ def table(rows: list[dict], baseline: str = "baseline-2026-12") -> str:
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in rs)} | {mean(rs, 'gflop_per_image'):.3f} | "
             f"{mean(rs, 'epochs'):.0f} | {mean(rs, 'tflop'):.1f} | {mean(rs, 'train_s'):.0f} | {img_s:.0f} | "
-            f"{mean(rs, 'val_bpd'):.4f} | {spread(rs, 'val_bpd'):.4f} | {mean(rs, 'test_bpd'):.4f} | "
-            f"{mean(rs, 'test_bpd') - base:+.4f} | {pct('samples_confident_fraction')} | "
+            f"{mean(rs, 'val_bpd'):.4f} | {spread(rs, 'val_bpd')} | {mean(rs, 'test_bpd'):.4f} | "
+            f"{vs_base(rs)} | {pct('samples_confident_fraction')} | "
             f"{pct('samples_label_match')} | {num('samples_frechet_distance', '.1f')} | "
             f"{num('samples_classes_in_first_64', '.0f')} |")
     real = [r for r in rows if "real_confident_fraction" in r]
