@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # data.levels=256: at 8x8, binarized digits repeat across splits, and the validate stage (rightly) stops on that.
 SMALL = ["data.size=8", "data.levels=256", "model.channels=8", "train.epochs=1", "train.batch_size=128",
-         "sample.n=4", "evaluate.grid_n=8", "complete.rows=4", "complete.images=2", "complete.per_image=2"]
+         "sample.n=4", "evaluate.grid_n=8", "complete.images=2", "complete.per_image=2"]
 # Files the stages write beside their outputs (not DVC outputs, so not in dvc.lock) that differ between two runs.
 VARYING = {"reports/train/timing.json": "train's wall-clock times",
            "reports/sample/timing.json": "sample's wall-clock time",

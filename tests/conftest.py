@@ -99,18 +99,18 @@ def one_thread():
 def model_config(**overrides):
     """A small ModelConfig (params and data facts) for model-level tests; overrides replace any field.
 
-    Model keys that the chosen architecture and head do not read are left out (model/config.py refuses them
-    changed), so one set of keys serves all three architectures.
+    Model keys that the chosen architecture and head do not read keep config.UNREAD's values (pixelnet.config
+    refuses them changed), so one set of keys serves all three architectures.
     """
+    from pixelnet.config import UNREAD, applies
     from pixelnet.model import ModelConfig
-    from pixelnet.model.config import applies
 
     base = {"arch": "pixelcnn", "channels": 12, "blocks": 2, "first_kernel": 5, "kernel": 3, "norm": "batch",
             "head": "softmax", "conditional": False, "levels": 4, "image_channels": 1, "height": 5, "width": 5,
             "n_classes": 0}
     config = base | overrides
-    return ModelConfig(**{k: v for k, v in config.items()
-                          if applies(k, arch=config["arch"], head=config["head"])})
+    return ModelConfig.from_mapping(UNREAD | {k: v for k, v in config.items()
+                                              if applies(k, arch=config["arch"], head=config["head"])})
 
 
 def random_model(*, sharpen: float = 1.0, **overrides) -> torch.nn.Module:

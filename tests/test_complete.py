@@ -93,3 +93,25 @@ def test_cli_complete_refuses_a_model_of_other_data(run_cli, tmp_path, tiny_para
     result = run_cli("complete", "--model", tmp_path / "other.pt", "--data", data, "--out", tmp_path / "c",
                      "--params", tiny_params)
     assert result.code == 2 and "different data" in result.err
+
+
+def test_a_small_image_size_alone_runs_every_stage_through_complete(run_cli, tmp_path):
+    """`-S data.size=8` with a folder of 8x8 images, as a user would run it: complete.rows auto keeps half the rows."""
+    from tests.conftest import REPO, write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", n_per_class=20)
+    d = tmp_path
+    sets = [w for o in ("data.dataset=folder", f"data.folder={folder}", "data.size=8", "model.channels=8",
+                        "train.epochs=1", "sample.n=4", "complete.images=2", "complete.per_image=2") for w in ("-S", o)]
+    for args in [("download", "--out", d / "raw"), ("preprocess", "--raw", d / "raw", "--out", d / "p"),
+                 ("train", "--data", d / "p", "--model", d / "m.pt", "--reports", d / "r"),
+                 ("sample", "--model", d / "m.pt", "--out", d / "s"),
+                 ("complete", "--model", d / "m.pt", "--data", d / "p", "--out", d / "c")]:
+        result = run_cli(*args, "--params", REPO / "params.yaml", *sets)
+        assert result.code == 0, (args[0], result.err)
+    assert json.loads((d / "c" / "complete.json").read_text())["rows"] == 4
+    assert np.load(d / "c" / "completions.npy").shape == (2, 2, 1, 8, 8)
+    result = run_cli("complete", "--model", d / "m.pt", "--data", d / "p", "--out", d / "c2", "--params",
+                     REPO / "params.yaml", *sets, "-S", "complete.rows=14")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "complete.rows=14 keeps all 8 rows, leaving nothing to sample: choose fewer than 8, or auto" in result.err

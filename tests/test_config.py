@@ -1,32 +1,38 @@
-"""params.yaml is the one home of every default: loading needs every key, and the code's defaults equal the file's."""
+"""params.yaml is the one home of every default: loading needs every key, and the config classes hold no values."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from pixelnet.config import SECTIONS, Params, load_params
+from pixelnet.config import ONLY_FOR, SECTIONS, UNREAD, ModelParams, applies, defaults, load_params
 from pixelnet.errors import ConfigError
-from pixelnet.model import ModelConfig, ModelParams
+from pixelnet.model import ModelConfig
 from tests.conftest import REPO
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 KEYS = [(section, key) for section, values in PARAMS.items() for key in values]
 
 
-def test_the_repository_params_file_is_the_code_defaults():
-    assert load_params(REPO / "params.yaml") == Params()
-
-
 @pytest.mark.parametrize("section", list(SECTIONS))
-def test_each_section_of_params_yaml_sets_exactly_the_config_fields(section):
-    fields = dataclasses.fields(SECTIONS[section])
-    assert set(PARAMS[section]) == {f.name for f in fields}
-    assert {f.name: f.default for f in fields} == PARAMS[section]
+def test_each_section_of_params_yaml_sets_exactly_the_config_fields_which_have_no_defaults(section):
+    fields = SECTIONS[section].model_fields
+    assert set(PARAMS[section]) == set(fields)
+    assert all(f.is_required() for f in fields.values())
+
+
+def test_defaults_are_the_repository_params_and_replace_checks_its_changes():
+    assert defaults() == load_params(REPO / "params.yaml")
+    assert defaults().train.replace(epochs=2).epochs == 2 and defaults().train.epochs == PARAMS["train"]["epochs"]
+    with pytest.raises(ConfigError, match="train.lr must be in"):
+        defaults().train.replace(lr=2.0)
+    with pytest.raises(ConfigError, match="unknown parameter train.epoch; valid keys in train are: .*epochs"):
+        defaults().train.replace(epoch=2)
+    with pytest.raises(ConfigError, match="train.compile must be true or false, got 'yes'"):
+        defaults().train.replace(compile="yes")
 
 
 @pytest.mark.parametrize("section, key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
@@ -58,12 +64,10 @@ def test_missing_key_through_the_cli_is_one_clean_line(tmp_path, run_cli):
     assert "missing parameter(s) sample.temperature" in result.err and str(path) in result.err
 
 
-def test_the_data_facts_of_a_model_have_no_defaults():
-    params = {f.name: getattr(ModelParams(), f.name) for f in dataclasses.fields(ModelParams)} | {"conditional": False}
-    with pytest.raises(TypeError, match="levels"):
-        ModelConfig(**params, n_classes=0, image_channels=1, height=8, width=8)
-    cfg = ModelConfig.for_data(ModelParams(), levels=4, image_channels=1, height=8, width=8, n_classes=10)
+def test_a_model_config_is_its_params_for_the_data():
+    cfg = ModelConfig.for_data(defaults().model, levels=4, image_channels=1, height=8, width=8, n_classes=10)
     assert (cfg.levels, cfg.conditional, cfg.n_classes) == (4, True, 10)
+    assert cfg.model_dump().items() >= defaults().model.replace(conditional=True, norm="weight").model_dump().items()
 
 
 def test_the_resume_fingerprint_hashes_what_training_loaded_and_only_that(tmp_path):
@@ -71,7 +75,7 @@ def test_the_resume_fingerprint_hashes_what_training_loaded_and_only_that(tmp_pa
     script = (
         "import sys, json\n"
         "import pixelnet.stages.train\n"
-        "from pixelnet.training.resume import loaded_source_files, training_code_sha256\n"
+        "from pixelnet.stages.train import loaded_source_files, training_code_sha256\n"
         "before = training_code_sha256()\n"
         "import pixelnet.tracking.runs\n"  # MLflow logging, loaded by train --mlflow: not training code
         "after_tracking = training_code_sha256()\n"
@@ -85,7 +89,7 @@ def test_the_resume_fingerprint_hashes_what_training_loaded_and_only_that(tmp_pa
     before, after_tracking, after_sampling, files = json.loads(out.stdout.strip().splitlines()[-1])
     assert before == after_tracking != after_sampling
     names = {str(f).split("src/pixelnet/")[-1] for f in files}
-    assert {"stages/train.py", "training/loop.py", "training/resume.py", "model/pixelcnn.py"} <= names
+    assert {"stages/train.py", "training/loop.py", "training/optim.py", "model/pixelcnn.py"} <= names
 
 
 def test_a_checkpoint_without_a_data_fact_is_a_clean_error_naming_it(tmp_path, run_cli):
@@ -124,16 +128,18 @@ def test_a_model_key_the_chosen_model_does_not_read_is_refused(tmp_path, run_cli
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_every_model_key_applies_to_some_architecture_and_the_defaults_to_each():
-    """ONLY_FOR names real keys and architectures, and params.yaml's model section is valid for every arch."""
-    from typing import get_args, get_type_hints
+def test_every_model_key_applies_to_some_model_and_params_yaml_suits_each():
+    """ONLY_FOR names real keys, architectures and heads, its unread values are params.yaml's, and params.yaml's
+    model section is valid for every arch and head."""
+    from typing import get_args
 
-    from pixelnet.model.config import ONLY_FOR
-
-    archs = set(get_args(get_type_hints(ModelParams)["arch"]))
-    assert set(ONLY_FOR) <= {f.name for f in dataclasses.fields(ModelParams)}
-    assert all(set(users) <= archs for users in ONLY_FOR.values())
+    archs = set(get_args(ModelParams.model_fields["arch"].annotation))
+    heads = set(get_args(ModelParams.model_fields["head"].annotation)) - {"auto"}
+    assert all(set(readers) <= archs or set(readers) <= heads for readers, _ in ONLY_FOR.values())
+    assert UNREAD == {key: PARAMS["model"][key] for key in ONLY_FOR}  # the reference dvc exp run -S cannot edit
     for arch in archs:
-        assert ModelParams(arch=arch).applies("channels")
-        assert {k for k in ONLY_FOR if ModelParams(arch=arch).applies(k)} == {k for k, users in ONLY_FOR.items()
-                                                                             if arch in users}
+        for head in heads:
+            assert defaults().model.replace(arch=arch, head=head).head == head
+            assert {k for k in ONLY_FOR if applies(k, arch=arch, head=head)} == {
+                k for k, (readers, _) in ONLY_FOR.items() if arch in readers or head in readers}
+        assert applies("channels", arch=arch, head="auto")

@@ -1,20 +1,13 @@
-"""Model checkpoints: saved atomically, loaded safely, one loader for every command.
+"""Model checkpoints: saved atomically, loaded without unpickling objects, one loader for every command.
 
-A checkpoint is a `torch.save`d dict of plain types and tensors:
-{"schema_version", "config" (ModelConfig as a dict, only the keys its
-architecture reads), "state_dict", "meta"}.  `load_model` is the one loader
-every command uses: it reads with `weights_only=True`, so no arbitrary object
-is ever unpickled, and rebuilds the model through `build_model` from the
-stored config.  A checkpoint of an older schema is brought up to this one by
-`MIGRATIONS`, one version at a time, in memory (the file is not rewritten).
-
-The training state that a killed run resumes from is written and read the
-same ways, in pixelnet.training.resume.
+A checkpoint is a `torch.save`d dict of plain types and tensors: {"schema_version", "config" (the ModelConfig
+keys its architecture reads), "state_dict", "meta"}.  `load_model` reads it with `weights_only=True` and rebuilds
+the model through `build_model`; an older schema is brought up to this one by `MIGRATIONS`, one version at a
+time, in memory (the file is not rewritten).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import re
 from collections.abc import Callable
@@ -26,19 +19,16 @@ from torch import nn
 
 from pixelnet.errors import ConfigError, PixelNetError
 from pixelnet.files import atomic_file
-from pixelnet.model import ModelConfig, ModelParams
-from pixelnet.model.config import applies
+from pixelnet.config import UNREAD, applies
+from pixelnet.model import ModelConfig
 from pixelnet.model.build import build_model
-from pixelnet.schema import from_mapping, to_dict
 
 SCHEMA_VERSION = 3
 
 
 def _schema_1_to_2(ckpt: dict) -> dict:
-    """Schema 1 -> 2.  The masked models' layers got names: PixelCNN's residual block was an nn.Sequential
-    (`body.1` .. `body.8`), and the head of PixelCNN and Gated PixelCNN too (`head.1`, `head.3`).  The config
-    keeps only the keys its architecture reads; configs written before `head`, `norm` and `conditional` existed
-    held softmax, BatchNorm and unconditional."""
+    """Schema 1 -> 2: PixelCNN's and Gated PixelCNN's nn.Sequential blocks and heads got named layers; configs
+    written before `head`, `norm` and `conditional` existed held softmax, BatchNorm and unconditional."""
     config = {"head": "softmax", "norm": "batch", "conditional": False} | ckpt["config"]
     names = {"1": "conv_in", "2": "norm_in", "4": "conv_mid", "5": "norm_mid", "7": "conv_out", "8": "norm_out"}
 
@@ -54,8 +44,8 @@ def _schema_1_to_2(ckpt: dict) -> dict:
 
 
 def _schema_2_to_3(ckpt: dict) -> dict:
-    """Schema 2 -> 3.  PixelCNN++ got `activation`, `init` and `attention`: configs written before them held the
-    concatenated ELU, the default init and no attention, whatever the defaults are now."""
+    """Schema 2 -> 3: PixelCNN++ configs written before `activation`, `init` and `attention` held concat_elu,
+    the default init and no attention."""
     config = ckpt["config"]
     if config["arch"] == "pixelcnnpp":
         config = {"activation": "concat_elu", "init": "default", "attention": False} | config
@@ -67,9 +57,8 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _schema_1_to_2, 2: _schema_2
 
 
 def stored_config(config: dict) -> dict:
-    """A ModelConfig dict without the model keys its architecture does not read (they hold their defaults)."""
-    keys = {f.name for f in dataclasses.fields(ModelParams)}
-    return {k: v for k, v in config.items() if k not in keys or applies(k, arch=config["arch"], head=config["head"])}
+    """A ModelConfig dict without the model keys its model does not read (load_model puts back config.UNREAD's)."""
+    return {k: v for k, v in config.items() if applies(k, arch=config["arch"], head=config["head"])}
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -81,7 +70,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def save_checkpoint(model: nn.Module, config: ModelConfig, path: Path, *, meta: dict | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(
-        {"schema_version": SCHEMA_VERSION, "config": stored_config(to_dict(config)), "state_dict": state,
+        {"schema_version": SCHEMA_VERSION, "config": stored_config(config.model_dump()), "state_dict": state,
          "meta": meta or {}}, path
     )
 
@@ -123,7 +112,7 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[nn.Mo
     """Rebuild the model from a checkpoint, in eval mode, on `device`."""
     ckpt = read_checkpoint(path)
     try:
-        config = from_mapping(ModelConfig, ckpt["config"], section="model")
+        config = ModelConfig.from_mapping(UNREAD | ckpt["config"])
     except ConfigError as e:
         raise PixelNetError(f"checkpoint {path} holds a model config this PixelNet cannot use ({e}): retrain the "
                             "model") from None

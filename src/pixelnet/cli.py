@@ -1,9 +1,8 @@
 """The `pixelnet` command line: `pixelnet STAGE ...` runs one pipeline stage's command; `pixelnet serve` the page.
 
-The commands are the stage modules' own (pixelnet.stages.NAME.command), found
-by listing the package, and `pixelnet NAME` imports only module NAME: the
-process runs what `python -m pixelnet.stages.NAME` (dvc.yaml's form) runs.
-`pixelnet --help` imports them all to list them.  Errors: see pixelnet.command.
+The commands are the stage modules' own (pixelnet.stages.NAME.command), found by listing the package, and
+`pixelnet NAME` imports only module NAME: the process runs what `python -m pixelnet.stages.NAME` (dvc.yaml's
+form) runs.  `pixelnet --help` imports them all to list them.  Errors: see pixelnet.command.
 """
 
 from __future__ import annotations
@@ -30,10 +29,6 @@ def command_modules() -> dict[str, str]:
     return dict(sorted((stages | OTHER_COMMANDS).items()))
 
 
-def command_names() -> list[str]:
-    return list(command_modules())
-
-
 def full_app() -> typer.Typer:
     """Every command, for `pixelnet --help` (imports every stage module)."""
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=HELP)
@@ -51,10 +46,10 @@ def main() -> None:
     """Entry point: `pixelnet NAME ARGS` runs stage NAME's command alone; anything else goes to the full app."""
     args = sys.argv[1:]
     words = [a for a in args if a != "--debug"]
-    if words and words[0] in command_names():
-        module = importlib.import_module(command_modules()[words[0]])
+    modules = command_modules()
+    if words and words[0] in modules:
         rest = list(args)
         rest.remove(words[0])
-        run_app(app_for(module.command), prog=f"pixelnet {words[0]}", args=rest)
+        run_app(app_for(importlib.import_module(modules[words[0]]).command), prog=f"pixelnet {words[0]}", args=rest)
         return
     run_app(full_app(), prog="pixelnet", args=args)

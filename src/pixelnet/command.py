@@ -1,10 +1,9 @@
-"""What every `pixelnet` command shares: its common options, params loading, the JSON report, clean errors.
+"""What every `pixelnet` command shares: its common options, the JSON report, clean errors.
 
-A stage module (pixelnet.stages.*) defines one Typer command, `command`, and
-runs it with `run_command` when started as `python -m pixelnet.stages.NAME`
-(as dvc.yaml does); `pixelnet NAME` (cli.py) runs the same function.
-User-fixable errors print one line naming the cause and the fix and exit with
-status 2; `--debug` (or PIXELNET_DEBUG=1) shows the traceback instead.
+A stage module (pixelnet.stages.*) defines one Typer command, `command`, run by `run_command` as
+`python -m pixelnet.stages.NAME` (dvc.yaml's form) and by `pixelnet NAME` (cli.py).  User-fixable errors
+print one line naming the cause and the fix and exit with status 2; `--debug` (or PIXELNET_DEBUG=1) shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -22,16 +21,11 @@ import typer
 
 from pixelnet.errors import PixelNetError
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml with the data/model/train/sample/evaluate sections")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a parameter: section.key=value (repeatable)")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file, params.yaml")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a parameter: section.key=value "
+                                                                      "(repeatable)")]
 MlflowOpt = Annotated[bool, typer.Option(
     "--mlflow", help="log into this pipeline execution's MLflow run (found by the hash of the model it used)")]
-
-
-def load_params(path: Path, overrides: list[str] | None):
-    from pixelnet.config import load_params as load
-
-    return load(path, overrides or [])
 
 
 def report(result: dict) -> None:

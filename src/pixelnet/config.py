@@ -1,30 +1,31 @@
 """params.yaml -> typed, frozen, checked config objects, one per section.
 
-params.yaml is the only home of hyperparameters.  `load_params` reads it once,
-applies `section.key=value` overrides (the CLI's `--set`), and checks every
-section before any work starts: a wrong type, a bad value, an unknown key or a
-missing one is a `ConfigError` naming `section.key`.  Each stage then uses its
-own sections.  Every key must be in the file: deleting one is an error, never a
-silent change of the run.  The dataclasses' defaults are for code that builds
-configs directly (tests, benchmarks); tests/test_config.py checks that they
-equal params.yaml's values.
+params.yaml is the only home of hyperparameters and of their defaults: the classes here declare each key's type
+and checks, never a value.  `load_params` reads a params file, applies `section.key=value` overrides (the CLI's
+`--set`) and checks every section before any work starts: an unknown, missing or mistyped key or a bad value is
+a `ConfigError` naming `section.key`.  Code that builds configs itself (tests, benchmarks) starts from
+`defaults()`, the repository's params.yaml, and changes keys with `.replace(key=value)`, checked the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, Literal, Self, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from pixelnet.errors import ConfigError, PixelNetError
-from pixelnet.model.config import ModelParams
-from pixelnet.schema import from_mapping, require
 
-Dataset = Literal["mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"]
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+MISSING_HINT = (": params.yaml must set every key (the repository's params.yaml lists each with its default and "
+                "meaning); add them")
+COMPARE = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string"}
 
 
 class ParamsLoader(yaml.SafeLoader):
@@ -39,139 +40,225 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    SECTION: ClassVar[str] = "data"
+class Config(BaseModel):
+    """A frozen config: strict types (no "1" for 1), no unknown keys; `check` holds the checks types cannot say."""
 
-    dataset: Dataset = "mnist-5k"
-    folder: str | None = None  # the image folder when dataset is "folder"
-    size: int = 28  # images are resized to size x size
-    mode: Literal["keep", "gray", "rgb"] = "keep"
-    fit: Literal["crop", "pad", "stretch"] = "crop"  # a folder's images of other sizes/shapes to size x size
-    levels: int = 256  # intensity levels per sub-pixel; 256 keeps the raw 8 bits, 2 binarizes
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1  # used only when the source has no official test split
-    seed: int = 0  # the train/val/test split
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    def __post_init__(self) -> None:
-        s = self.SECTION
-        require(4 <= self.size <= 256, s, "size", "must be between 4 and 256", self.size)
-        require(2 <= self.levels <= 256, s, "levels", "must be between 2 and 256", self.levels)
-        require(0.0 <= self.val_fraction < 0.5, s, "val_fraction", "must be in [0, 0.5)", self.val_fraction)
-        require(0.0 < self.test_fraction < 0.5, s, "test_fraction", "must be in (0, 0.5)", self.test_fraction)
+    def check(self) -> None:
+        """Raise ValueError (through `require`) for a value the types allow but the model cannot use."""
 
+    @model_validator(mode="after")
+    def _checked(self) -> Self:
+        self.check()
+        return self
 
-@dataclass(frozen=True)
-class TrainConfig:
-    SECTION: ClassVar[str] = "train"
+    def require(self, ok: bool, key: str, expectation: str) -> None:
+        if not ok:
+            raise ValueError(f"{key} {expectation}, got {getattr(self, key)!r}")
 
-    epochs: int = 8
-    batch_size: int = 32
-    optimizer: Literal["adam", "muon"] = "muon"  # muon: Muon for the conv filters (as matrices), Adam for the rest
-    lr: float = 0.02  # the peak learning rate (Muon's updates are scaled to Adam's size, so one lr serves both)
-    beta1: float = 0.9  # Adam's (and Muon's momentum is 0.95)
-    beta2: float = 0.999
-    weight_decay: float = 0.0  # decoupled (AdamW's), on the conv filters only
-    shift: int = 0  # data augmentation: each training image moved by up to this many pixels each way (0: off)
-    # After the warmup: cosine or linear to zero, constant, or exponential (times lr_decay every step: openai's PixelCNN++).
-    lr_schedule: Literal["cosine", "linear", "constant", "exponential"] = "cosine"
-    lr_decay: float = 0.999995  # exponential only: the factor per optimizer step (openai's pixel-cnn default)
-    warmup_fraction: float = 0.05  # of all steps, with the learning rate rising linearly from 0
-    ema_decay: float = 0.999  # 0 = off; else the EMA of the weights is what is validated and saved
-    max_minutes: float | None = None  # wall-clock budget, checked between epochs (training/loop.py)
-    compile: bool = False  # torch.compile the loss and its backward
-    # bf16: bfloat16 autocast around the forward pass; auto: bf16 where the CPU or GPU runs it natively
-    # (training/precision.py), else fp32.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    checkpoint_every: int = 50  # optimizer steps between saves of the resume state; 0 = at epoch ends only
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    @classmethod
+    def from_mapping(cls, mapping: Any) -> Self:
+        try:
+            return cls.model_validate(mapping)
+        except ValidationError as e:
+            raise ConfigError(explain(cls, e)) from None
 
-    def __post_init__(self) -> None:
-        s = self.SECTION
-        require(self.epochs >= 1, s, "epochs", "must be >= 1", self.epochs)
-        require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
-        require(0.0 < self.lr < 1.0, s, "lr", "must be in (0, 1)", self.lr)
-        require(0.0 <= self.beta1 < 1.0, s, "beta1", "must be in [0, 1)", self.beta1)
-        require(0.0 <= self.beta2 < 1.0, s, "beta2", "must be in [0, 1)", self.beta2)
-        require(0.0 <= self.weight_decay < 1.0, s, "weight_decay", "must be in [0, 1) (0: off)", self.weight_decay)
-        require(0 <= self.shift <= 8, s, "shift", "must be between 0 and 8 pixels (0: off)", self.shift)
-        require(0.0 < self.lr_decay <= 1.0, s, "lr_decay", "must be in (0, 1]", self.lr_decay)
-        require(0.0 <= self.warmup_fraction < 1.0, s, "warmup_fraction", "must be in [0, 1)", self.warmup_fraction)
-        require(0.0 <= self.ema_decay < 1.0, s, "ema_decay", "must be in [0, 1) (0 turns EMA off)", self.ema_decay)
-        require(self.max_minutes is None or self.max_minutes > 0, s, "max_minutes", "must be > 0 or null (no budget)",
-                self.max_minutes)
-        require(self.checkpoint_every >= 0, s, "checkpoint_every", "must be >= 0 (0: save at epoch ends only)",
-                self.checkpoint_every)
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes`, checked as params.yaml's values are."""
+        return self.from_mapping(self.model_dump() | changes)
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    SECTION: ClassVar[str] = "sample"
-
-    n: int = 256  # evaluate's Fréchet distance needs at least 256
-    temperature: float = 1.0
-    seed: int = 0
-    method: Literal["fast", "naive"] = "fast"  # fast: cached, exact, same images as naive
-    label: int | None = None  # conditional models: draw only this class (null: the classes take turns, one grid column each)
-
-    def __post_init__(self) -> None:
-        s = self.SECTION
-        require(1 <= self.n <= 100_000, s, "n", "must be between 1 and 100000", self.n)
-        require(self.label is None or self.label >= 0, s, "label", "must be a class index >= 0 or null", self.label)
-        require(0.0 < self.temperature <= 10.0, s, "temperature", "must be in (0, 10]", self.temperature)
-
-
-@dataclass(frozen=True)
-class CompleteConfig:
-    SECTION: ClassVar[str] = "complete"
-
-    rows: int = 14  # top rows of each test image kept; the rest are sampled
-    images: int = 8  # test images completed, evenly spaced through the test split
-    per_image: int = 4  # completions drawn for each image
-    temperature: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        s = self.SECTION
-        require(self.rows >= 0, s, "rows", "must be >= 0", self.rows)
-        require(1 <= self.images <= 1000, s, "images", "must be between 1 and 1000", self.images)
-        require(1 <= self.per_image <= 100, s, "per_image", "must be between 1 and 100", self.per_image)
-        require(0.0 < self.temperature <= 10.0, s, "temperature", "must be in (0, 10]", self.temperature)
+def explain(cls: type[Config], e: ValidationError) -> str:
+    """pydantic's errors as one message naming `section.key`: unknown keys, else missing ones, else a bad value."""
+    section = next((name for name, base in SECTIONS.items() if issubclass(cls, base)), None)  # None: all of Params
+    errors = [((*([section] if section else []), *map(str, err["loc"])), err) for err in e.errors()]
+    sections = {section: cls} if section else SECTIONS
+    unknown = [loc for loc, err in errors if err["type"] == "extra_forbidden"]
+    if any(len(loc) == 1 for loc in unknown):
+        names = ", ".join(loc[0] for loc in unknown if len(loc) == 1)
+        return f"unknown params section(s) {names}; valid sections are {', '.join(SECTIONS)}"
+    if unknown:
+        return (f"unknown parameter {', '.join('.'.join(loc) for loc in unknown)}; valid keys in {unknown[0][0]} are: "
+                f"{', '.join(sorted(sections[unknown[0][0]].model_fields))}")
+    missing = sorted(f"{loc[0]}.{key}" for loc, err in errors if err["type"] == "missing"
+                     for key in (loc[1:] or sections[loc[0]].model_fields))  # a whole section missing: each key
+    if missing:
+        return f"missing parameter(s) {', '.join(missing)}" + (MISSING_HINT if cls is Params else "")
+    loc, err = errors[0]
+    if err["type"] == "value_error":  # from a `check`: its message starts with the key
+        return ".".join([*loc, str(err["ctx"]["error"])])
+    if err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{loc[0]}.{loc[1]} must be {bounds(sections[loc[0]].model_fields[loc[1]])}, got {err['input']!r}"
+    if len(loc) < 2:
+        return f"{loc[0] if loc else 'params'} must be a mapping of keys to values, got {err['input']!r}"
+    # A union (`bool | Literal["auto"]`) fails once for each member, which is named last in the loc.
+    kinds = [expected(other) for at, other in errors if at[:2] == loc[:2]]
+    return f"{loc[0]}.{loc[1]} must be {' or '.join(kinds)}, got {err['input']!r}"
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    SECTION: ClassVar[str] = "evaluate"
-
-    batch_size: int = 64  # images per forward pass for the test NLL; on a CPU 64 beats 256 (cache)
-    grid_n: int = 64  # real test images shown beside the samples
-
-    def __post_init__(self) -> None:
-        s = self.SECTION
-        require(self.batch_size >= 1, s, "batch_size", "must be >= 1", self.batch_size)
-        require(self.grid_n >= 1, s, "grid_n", "must be >= 1", self.grid_n)
+def expected(err: dict) -> str:
+    """What a value of the wrong type should have been, as params.yaml spells it."""
+    if err["type"] == "literal_error":
+        return "one of " + err["ctx"]["expected"].replace(" or ", ", ")  # pydantic's "'a', 'b' or 'c'"
+    return TYPES.get(err["type"], err["msg"])
 
 
-@dataclass(frozen=True)
-class Params:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelParams = field(default_factory=ModelParams)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    complete: CompleteConfig = field(default_factory=CompleteConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+def bounds(field: FieldInfo) -> str:
+    """A field's range as `Field(...)` declares it: "between 4 and 256", "in [0, 1)", ">= 1"."""
+    b = {k: v for m in field.metadata for k, v in dataclasses.asdict(m).items()}  # Ge(ge=4) -> {"ge": 4}
+    if b.keys() == {"ge", "le"}:
+        text = f"between {b['ge']} and {b['le']}"
+    elif len(b) == 2:
+        low = f"[{b['ge']}" if "ge" in b else f"({b['gt']}"
+        high = f"{b['le']}]" if "le" in b else f"{b['lt']})"
+        text = f"in {low}, {high}"
+    else:
+        ((op, value),) = b.items()
+        text = f"{COMPARE[op]} {value}"
+    return text + (" or null" if type(None) in get_args(field.annotation) else "")
 
 
-# params.yaml's sections and the config class each is checked into (its fields are the section's keys).
-SECTIONS: dict[str, type] = {
-    "data": DataConfig, "model": ModelParams, "train": TrainConfig, "sample": SampleConfig,
-    "complete": CompleteConfig, "evaluate": EvaluateConfig,
+class DataConfig(Config):
+    dataset: Literal["mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"]
+    folder: str | None
+    size: Annotated[int, Field(ge=4, le=256)]
+    mode: Literal["keep", "gray", "rgb"]
+    fit: Literal["crop", "pad", "stretch"]
+    levels: Annotated[int, Field(ge=2, le=256)]
+    val_fraction: Annotated[float, Field(ge=0, lt=0.5)]
+    test_fraction: Annotated[float, Field(gt=0, lt=0.5)]
+    seed: int
+
+
+PIXELCNNS = ("pixelcnn", "gated")
+# The model keys that only some models read: the archs (or, for mixtures, the head) that read each, and the value
+# it keeps where it is not read.  A changed value that the chosen model would ignore is refused, and a checkpoint
+# leaves the key out.  The values are params.yaml's (tests/test_config.py), written here too because
+# `dvc exp run -S model.blocks=12` edits params.yaml itself, which then cannot be the reference.
+ONLY_FOR: dict[str, tuple[tuple[str, ...], Any]] = {
+    "blocks": (PIXELCNNS, 7), "first_kernel": (PIXELCNNS, 7), "kernel": (PIXELCNNS, 5),
+    "mixtures": (("logistic_mixture",), 10), "resnet_layers": (("pixelcnnpp",), 1),
+    "resolutions": (("pixelcnnpp",), 3), "dropout": (("pixelcnnpp",), 0.0),
+    "activation": (("pixelcnnpp",), "concat_elu"), "init": (("pixelcnnpp",), "default"),
+    "attention": (("pixelcnnpp",), True),
 }
+UNREAD = {key: value for key, (_, value) in ONLY_FOR.items()}
+
+
+def applies(key: str, *, arch: str, head: str) -> bool:
+    """Whether a model of `arch` with `head` ("auto" allowed) reads the model key `key`."""
+    readers = ONLY_FOR[key][0] if key in ONLY_FOR else (arch,)
+    return arch in readers or resolve_head(head, arch) in readers
+
+
+def resolve_head(head: str, arch: str) -> str:
+    """model.head "auto": the logistic mixture for pixelcnnpp (the paper's), else the softmax."""
+    return ("logistic_mixture" if arch == "pixelcnnpp" else "softmax") if head == "auto" else head
+
+
+class ModelParams(Config):
+    """params.yaml's `model` section; pixelnet.model.ModelConfig adds the data's facts."""
+
+    arch: Literal["pixelcnn", "gated", "pixelcnnpp"]
+    channels: int
+    blocks: Annotated[int, Field(ge=0)]
+    first_kernel: int
+    kernel: int
+    norm: Literal["auto", "batch", "weight", "none"]
+    head: Literal["auto", "softmax", "logistic_mixture"]
+    mixtures: Annotated[int, Field(ge=1)]
+    resnet_layers: Annotated[int, Field(ge=1)]
+    resolutions: Annotated[int, Field(ge=1)]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    activation: Literal["concat_elu", "elu"]
+    init: Literal["default", "data"]
+    attention: bool
+    conditional: bool | Literal["auto"]
+
+    def check(self) -> None:
+        self.require(self.channels >= 2 and self.channels % 2 == 0, "channels", "must be an even integer >= 2")
+        for key in ("first_kernel", "kernel"):
+            self.require(getattr(self, key) % 2 == 1 and getattr(self, key) >= 1, key,
+                         "must be an odd integer >= 1 (masks need a centre tap)")
+        self.require(self.first_kernel >= 3, "first_kernel", "must be >= 3 (a 1x1 type-A conv sees no pixel)")
+        takes = ("weight", "none") if self.arch == "pixelcnnpp" else ("batch", "none")
+        self.require(self.norm in ("auto", *takes), "norm",
+                     "must be auto, weight or none for pixelcnnpp, and auto, batch or none for pixelcnn and gated")
+        self.require(self.init == "default" or self.arch != "pixelcnnpp" or self.norm in ("auto", "weight"), "init",
+                     "data initializes weight-normalized convs: it needs model.norm auto or weight")
+        reads = [k for k in ModelParams.model_fields if applies(k, arch=self.arch, head=self.head)]
+        for key, (readers, unread) in ONLY_FOR.items():
+            if key not in reads and getattr(self, key) != unread:
+                who = f"head {readers[0]}" if key == "mixtures" else f"arch {' and '.join(readers)}"
+                raise ValueError(f"{key} is for {who}: arch {self.arch} with head {resolve_head(self.head, self.arch)} "
+                                 f"does not read it, so it must keep its default {unread!r}, got "
+                                 f"{getattr(self, key)!r} (the keys this model reads: {', '.join(reads)})")
+
+
+class TrainConfig(Config):
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    optimizer: Literal["adam", "muon"]
+    lr: Annotated[float, Field(gt=0, lt=1)]
+    beta1: Annotated[float, Field(ge=0, lt=1)]
+    beta2: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0, lt=1)]
+    shift: Annotated[int, Field(ge=0, le=8)]
+    lr_schedule: Literal["cosine", "linear", "constant", "exponential"]
+    lr_decay: Annotated[float, Field(gt=0, le=1)]
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)]
+    ema_decay: Annotated[float, Field(ge=0, lt=1)]
+    max_minutes: Annotated[float | None, Field(gt=0)]
+    compile: bool
+    precision: Literal["auto", "fp32", "bf16"]
+    checkpoint_every: Annotated[int, Field(ge=0)]
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class SampleConfig(Config):
+    n: Annotated[int, Field(ge=1, le=100_000)]
+    temperature: Annotated[float, Field(gt=0, le=10)]
+    seed: int
+    method: Literal["fast", "naive"]
+    label: Annotated[int | None, Field(ge=0)]
+
+
+class CompleteConfig(Config):
+    rows: int | Literal["auto"]  # "auto": half the image's rows, resolved by the complete stage, which knows the size
+    images: Annotated[int, Field(ge=1, le=1000)]
+    per_image: Annotated[int, Field(ge=1, le=100)]
+    temperature: Annotated[float, Field(gt=0, le=10)]
+    seed: int
+
+    def check(self) -> None:
+        self.require(self.rows == "auto" or self.rows >= 0, "rows", "must be >= 0 or auto")
+
+
+class EvaluateConfig(Config):
+    batch_size: Annotated[int, Field(ge=1)]
+    grid_n: Annotated[int, Field(ge=1)]
+
+
+class Params(Config):
+    """The whole params file: its sections are these fields."""
+
+    data: DataConfig
+    model: ModelParams
+    train: TrainConfig
+    sample: SampleConfig
+    complete: CompleteConfig
+    evaluate: EvaluateConfig
+
+
+SECTIONS: dict[str, type[Config]] = {name: field.annotation for name, field in Params.model_fields.items()}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings (values parsed as YAML) to a params mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params must be a mapping with the sections {', '.join(SECTIONS)}")
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -180,36 +267,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=0.0003")
         if section not in SECTIONS:
             raise ConfigError(f"override {item!r}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
-        out.setdefault(section, {})
-        if not isinstance(out[section], dict):
+        if not isinstance(out.setdefault(section, {}), dict):
             raise ConfigError(f"params section {section} must be a mapping")
         out[section][name] = read_yaml(value)
     return out
 
 
-def params_from_mapping(raw: Any) -> Params:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("params must be a mapping with the sections " + ", ".join(SECTIONS))
-    unknown = sorted(str(k) for k in raw if k not in SECTIONS)
-    if unknown:
-        raise ConfigError(f"unknown params section(s) {', '.join(unknown)}; valid sections are {', '.join(SECTIONS)}")
-    missing = [f"{name}.{key}" for name, cls in SECTIONS.items() if isinstance(raw.get(name, {}), dict)
-               for key in section_keys(cls) if key not in (raw.get(name) or {})]
-    if missing:
-        raise ConfigError(f"missing parameter(s) {', '.join(missing)}: params.yaml must set every key (the "
-                          "repository's params.yaml lists each with its default and meaning); add them")
-    built = {name: from_mapping(cls, raw.get(name), section=name) for name, cls in SECTIONS.items()}
-    return Params(**built)
-
-
-def section_keys(cls: type) -> list[str]:
-    """The keys a params section must set: its config class's fields, sorted."""
-    return sorted(f.name for f in dataclasses.fields(cls))
-
-
-def load_params(path: Path, overrides: list[str] = ()) -> Params:
+def load_params(path: Path, overrides: list[str] | None = None) -> Params:
     """Read and check the whole params file (plus overrides) once."""
     path = Path(path)
     try:
@@ -219,6 +283,12 @@ def load_params(path: Path, overrides: list[str] = ()) -> Params:
     except yaml.YAMLError as e:
         raise PixelNetError(f"params file {path} is not valid YAML: {e}") from None
     try:
-        return params_from_mapping(apply_overrides(raw or {}, list(overrides)))
+        return Params.from_mapping(apply_overrides(raw or {}, overrides or []))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+@functools.cache
+def defaults() -> Params:
+    """The repository's params.yaml, for code that builds configs itself; change keys with `.replace(...)`."""
+    return load_params(REPO_PARAMS)

@@ -1,6 +1,6 @@
 """Plain-PyTorch model code: masks, layers, networks and their likelihood. No I/O, devices or logging.
 
-    config.py      ModelParams (params.yaml's model section) and ModelConfig (plus the data's facts)
+    config.py      ModelConfig: params.yaml's model section resolved, plus the data's facts
     build.py       build_model, the one constructor every command uses
     masks.py       autoregressive masks over raster order and colour channels
     layers.py      masked convolutions, the residual block, input scaling, row and column shifts
@@ -10,10 +10,9 @@
     pixelcnnpp.py  PixelCNN++: shifted-conv streams over resolution levels, U-Net short-cuts, dropout
     likelihood.py  cross-entropy, bits/dim, the NLL of image sets
 
-Importing the package loads only the configs, so that a process that reads
-params (every stage) does not load the networks.
+Importing the package loads only ModelConfig, not the networks.
 """
 
-from pixelnet.model.config import ModelConfig, ModelParams, resolve_conditional
+from pixelnet.model.config import ModelConfig
 
-__all__ = ["ModelConfig", "ModelParams", "resolve_conditional"]
+__all__ = ["ModelConfig"]

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pixelnet.command import ParamsOpt, SetOpt, load_params, report, run_command
-from pixelnet.config import DataConfig
+from pixelnet.command import ParamsOpt, SetOpt, report, run_command
+from pixelnet.config import DataConfig, load_params
 from pixelnet.data.rawformat import write_raw
 from pixelnet.data.sources import load_source
 

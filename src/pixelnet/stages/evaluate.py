@@ -21,8 +21,8 @@ import typer
 from tqdm.auto import tqdm
 
 from pixelnet.checkpoint import load_model
-from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, report_stage, run_command
-from pixelnet.config import EvaluateConfig
+from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, report_stage, run_command
+from pixelnet.config import EvaluateConfig, load_params
 from pixelnet.data.processed import check_fits, load_split, read_manifest
 from pixelnet.device import select_device
 from pixelnet.errors import PixelNetError

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pixelnet.command import ParamsOpt, SetOpt, load_params, report, run_command
+from pixelnet.command import ParamsOpt, SetOpt, report, run_command
+from pixelnet.config import load_params
 from pixelnet.data.validation import validate
 
 
