@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixelnet.checkpoint import load_model, save_checkpoint
-from pixelnet.config import TrainConfig
+from pixelnet.config import defaults
 from pixelnet.data.processed import Split
 from pixelnet.model.build import build_model
 from pixelnet.model.likelihood import total_nll_nats
@@ -34,7 +34,7 @@ def trained(seed: int = 0, epochs: int = 1, optimizer: str = "muon"):
     # 8-filter convs need a larger lr for the same move in 4 steps.
     lr = 0.05 if optimizer == "muon" else 0.01
     history = fit(model, fixture_split(32, 0), fixture_split(8, 1),
-                  TrainConfig(epochs=epochs, batch_size=8, lr=lr, seed=seed, optimizer=optimizer),
+                  defaults().train.replace(epochs=epochs, batch_size=8, lr=lr, seed=seed, optimizer=optimizer),
                   device=torch.device("cpu"))
     return model, history
 

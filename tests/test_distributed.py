@@ -23,7 +23,6 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pixelnet.config import TrainConfig, load_params
+from pixelnet.config import defaults, load_params
 from pixelnet.data.processed import Split
 from pixelnet.model.build import build_model
 from pixelnet.stages.download import download
 from pixelnet.stages.preprocess import preprocess
-from pixelnet.training import distributed
-from pixelnet.training.loop import fit
+from pixelnet.stages.train import session
+from pixelnet.training.loop import Dist, fit
 from tests.conftest import REPO, model_config, write_image_folder, write_params
 
 NORM_NONE_RTOL = 1e-4  # measured: 1.8e-7 (float summation order only)
@@ -160,7 +159,7 @@ def test_a_batch_the_processes_cannot_share_equally_is_a_clean_error(run_cli, pr
     ({"WORLD_SIZE": "2"}, [], "WORLD_SIZE is set but RANK, LOCAL_RANK is not: start data-parallel training with torchrun"),
     ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, [], "WORLD_SIZE=2, RANK=2, LOCAL_RANK=0 do not describe a world"),
     ({"WORLD_SIZE": "two", "RANK": "0", "LOCAL_RANK": "0"}, [], "environment variable WORLD_SIZE='two' is not an integer"),
-    ({}, ["train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0 (0: save at epoch ends only), got -1"),
+    ({}, ["train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0, got -1"),
     pytest.param({}, ["train.device=cuda"], "train.device is cuda but PyTorch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
@@ -179,7 +178,6 @@ def test_a_bad_launch_or_train_param_is_a_clean_error(run_cli, prepared, tmp_pat
 
 
 def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weights_in_float32():
-    from pixelnet.config import TrainConfig
     from pixelnet.model.build import build_model
     from pixelnet.training.loop import TrainStep
 
@@ -188,7 +186,7 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weigh
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = build_model(model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6))
-        step = TrainStep(model.train(), TrainConfig(precision=precision), total_steps=10)
+        step = TrainStep(model.train(), defaults().train.replace(precision=precision), total_steps=10)
         loss[precision] = step(x)
         assert loss[precision].dtype == torch.float32
         assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -200,7 +198,7 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_the_loss_and_weigh
 
 DROPOUT_MODEL = model_config(arch="pixelcnnpp", channels=8, resnet_layers=1, resolutions=2, dropout=0.5, norm="none",
                              height=6, width=6)
-DROPOUT_TRAIN = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.0, seed=3)
+DROPOUT_TRAIN = defaults().train.replace(epochs=2, batch_size=8, lr=0.01, ema_decay=0.0, seed=3)
 
 
 def images(n: int) -> Split:
@@ -208,7 +206,7 @@ def images(n: int) -> Split:
     return Split(x, torch.zeros(n, dtype=torch.long))
 
 
-def recorded_fit(dist: distributed.Dist, batch_size: int) -> dict[str, list[torch.Tensor]]:
+def recorded_fit(dist: Dist, batch_size: int) -> dict[str, list[torch.Tensor]]:
     """fit DROPOUT_MODEL on 32 images; each step's batch, and the first dropout layer's input and output."""
     torch.manual_seed(0)
     model = build_model(DROPOUT_MODEL)
@@ -225,17 +223,17 @@ def recorded_fit(dist: distributed.Dist, batch_size: int) -> dict[str, list[torc
 
     model.register_forward_pre_hook(record_batch)
     next(m for m in model.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(record_dropout)
-    fit(model, images(32), images(4), replace(DROPOUT_TRAIN, batch_size=batch_size), device=torch.device("cpu"),
+    fit(model, images(32), images(4), DROPOUT_TRAIN.replace(batch_size=batch_size), device=torch.device("cpu"),
         dist=dist)
     return seen
 
 
 def dropout_rank(rank: int, port: int, out: Path) -> None:
-    """One process of a gloo world of two, joined as torchrun's processes join (distributed.session)."""
+    """One process of a gloo world of two, joined as torchrun's processes join (session)."""
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    with distributed.session("cpu", batch_size=DROPOUT_TRAIN.batch_size) as (dist, _):
+    with session("cpu", batch_size=DROPOUT_TRAIN.batch_size) as dist:
         torch.save(recorded_fit(dist, DROPOUT_TRAIN.batch_size), out / f"rank{rank}.pt")
 
 
@@ -264,7 +262,7 @@ def test_two_ranks_draw_their_own_dropout_masks_from_the_shared_data_order(tmp_p
             for r, seen in enumerate(ranks):  # rank r trains on every second image of the shared global batch
                 assert torch.equal(seen["batches"][step], data[batch[r::2]]), (step, r)
             assert not torch.equal(*masks(*ranks, step)), step
-    alone = recorded_fit(distributed.Dist(), batch_size=4)  # one process, with the shards' batch size
+    alone = recorded_fit(Dist(), batch_size=4)  # one process, with the shards' batch size
     assert torch.equal(*masks(ranks[0], alone, 0))  # rank 0 draws the masks a single process draws
 
 

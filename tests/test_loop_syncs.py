@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import sys
 from collections import defaultdict
+from unittest import mock
 
 import pytest
 import torch
 
-from pixelnet.config import TrainConfig
+from pixelnet.config import defaults
 from pixelnet.data.processed import Split
 from pixelnet.model.build import build_model
 from pixelnet.training import loop
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
 PP_CFG = model_config(arch="pixelcnnpp", channels=8, resnet_layers=1, resolutions=2, dropout=0.5, norm="weight",
                       head="logistic_mixture", levels=4, height=6, width=6, conditional=True, n_classes=2)
-TRAIN = TrainConfig(epochs=2, batch_size=4, lr=0.01, ema_decay=0.9, checkpoint_every=0)  # 28 images: 7 steps an epoch
-READS = [3, 6, 7, 9, 12, 14]  # with read_every=3: the multiples of 3 and each epoch's last step
+# 28 images: 7 steps an epoch
+TRAIN = defaults().train.replace(epochs=2, batch_size=4, lr=0.01, ema_decay=0.9, checkpoint_every=0)
+READS = [3, 6, 7, 9, 12, 14]  # with READ_EVERY 3: the multiples of 3 and each epoch's last step
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
 
 
@@ -39,8 +41,10 @@ def split(n: int, seed: int) -> Split:
     return Split(x, torch.arange(n) % 2)
 
 
-def run(config=CFG, **kwargs) -> tuple[torch.nn.Module, list, list[tuple[int, int, float]], list[dict]]:
-    """fit on a fixed tiny problem: the model, its history, every on_step call and every saved state."""
+def run(config=CFG, *, read_every: int, checkpoint_seconds: float = loop.CHECKPOINT_SECONDS, **kwargs
+        ) -> tuple[torch.nn.Module, list, list[tuple[int, int, float]], list[dict]]:
+    """fit on a fixed tiny problem, reading the losses every `read_every` steps and saving by time after
+    `checkpoint_seconds`: the model, its history, every on_step call and every saved state."""
     torch.manual_seed(1)
     model = build_model(config)
     steps, saves = [], []
@@ -50,8 +54,10 @@ def run(config=CFG, **kwargs) -> tuple[torch.nn.Module, list, list[tuple[int, in
         torch.save(state, buf)
         saves.append(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
 
-    history = fit(model, split(28, 0), split(8, 1), TRAIN, device=torch.device("cpu"),
-                  on_step=lambda *step: steps.append(step), on_save=on_save, **kwargs)
+    with mock.patch.object(loop, "READ_EVERY", read_every), \
+            mock.patch.object(loop, "CHECKPOINT_SECONDS", checkpoint_seconds):
+        history = fit(model, split(28, 0), split(8, 1), TRAIN, device=torch.device("cpu"),
+                      on_step=lambda *step: steps.append(step), on_save=on_save, **kwargs)
     return model, history, steps, saves
 
 
@@ -74,13 +80,13 @@ def test_host_reads_happen_only_where_the_losses_are_read(monkeypatch, config):
             return original(self, *args, **kwargs)
         return read
 
-    def train_batch(*args, **kwargs):
+    def train_step(*args, **kwargs):
         nonlocal steps_run
         steps_run += 1
-        return original_batch(*args, **kwargs)
+        return original_step(*args, **kwargs)
 
-    original_batch = loop._train_batch
-    monkeypatch.setattr(loop, "_train_batch", train_batch)
+    original_step = loop.TrainStep.__call__
+    monkeypatch.setattr(loop.TrainStep, "__call__", train_step)
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, counted(name))
     _, _, steps, _ = run(config, read_every=3)
@@ -90,7 +96,7 @@ def test_host_reads_happen_only_where_the_losses_are_read(monkeypatch, config):
     assert sorted(reads) == READS
     for after, callers in reads.items():
         validation = callers[1:] if after in (7, 14) else []  # epoch ends: the validation NLL, batch by batch
-        assert callers == ["read"] + validation, (after, callers)
+        assert callers == ["read_losses"] + validation, (after, callers)
         assert all(c == "total_nll_nats" for c in validation)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelnet.training import precision as precision_module
-from pixelnet.training.precision import emulated_bf16_warning, resolve_precision
+from pixelnet.stages import train as train_stage
+from pixelnet.stages.train import emulated_bf16_warning
+from pixelnet.training import loop
+from pixelnet.training.loop import resolve_precision
 from tests.conftest import model_config
 
 CPU = torch.device("cpu")
@@ -19,14 +21,14 @@ CPU = torch.device("cpu")
     (set(), "fp32"),  # no /proc/cpuinfo (not Linux)
 ])
 def test_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, expected):
-    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(loop, "cpu_flags", lambda: frozenset(flags))
     assert resolve_precision("auto", CPU) == expected
 
 
 @pytest.mark.parametrize("chosen", ["fp32", "bf16"])
 def test_an_explicit_precision_is_kept_whatever_the_cpu(monkeypatch, chosen):
     for flags in (set(), {"amx_bf16"}):
-        monkeypatch.setattr(precision_module, "cpu_flags", lambda flags=flags: frozenset(flags))
+        monkeypatch.setattr(loop, "cpu_flags", lambda flags=flags: frozenset(flags))
         assert resolve_precision(chosen, CPU) == chosen
 
 
@@ -45,7 +47,7 @@ def test_auto_on_cuda_asks_the_device(monkeypatch, supported):
     ("fp32", {"avx2"}, False),
 ])
 def test_bf16_by_hand_on_a_cpu_without_native_bf16_warns_naming_the_flags(monkeypatch, precision, flags, warns):
-    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(train_stage, "cpu_flags", lambda: frozenset(flags))
     warning = emulated_bf16_warning(precision, CPU)
     assert (warning is not None) == warns
     if warns:
@@ -54,7 +56,7 @@ def test_bf16_by_hand_on_a_cpu_without_native_bf16_warns_naming_the_flags(monkey
 
 
 def test_cpu_flags_reads_this_machines_flags():
-    flags = precision_module.cpu_flags()
+    flags = loop.cpu_flags()
     assert isinstance(flags, frozenset)
     with open("/proc/cpuinfo") as f:
         line = next((line for line in f if line.startswith("flags")), "")

@@ -21,11 +21,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pixelnet.config import TrainConfig
+from pixelnet.config import TrainConfig, defaults
 from pixelnet.data.processed import Split
 from pixelnet.model.build import build_model
-from pixelnet.training.loop import fit
-from pixelnet.training.resume import Progress, finished
+from pixelnet.training.loop import Progress, finished, fit
 from tests.conftest import REPO, model_config, write_image_folder, write_params
 
 CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
@@ -68,7 +67,8 @@ def same_weights(a: dict, b: dict) -> bool:
                          ids=["adam", "muon-shift"])
 def test_every_save_point_resumes_to_the_same_weights(levers):
     """Muon's momentum and the shifts' RNG are in the state too: a resumed run ends where the uninterrupted one does."""
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9, checkpoint_every=1, **levers)  # 4 steps an epoch
+    cfg = defaults().train.replace(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9, checkpoint_every=1,
+                                   **levers)  # 4 steps an epoch
     model, history, saves = run_fit(cfg)
     positions = [(load(s)["progress"]["epoch"], load(s)["progress"]["batch"]) for s in saves]
     # every step, the last batch of an epoch before its validation, and each epoch end
@@ -81,16 +81,16 @@ def test_every_save_point_resumes_to_the_same_weights(levers):
 
 
 def test_checkpoint_every_zero_saves_at_epoch_ends_only():
-    _, _, saves = run_fit(TrainConfig(epochs=2, batch_size=8, lr=0.01, checkpoint_every=0))
+    _, _, saves = run_fit(defaults().train.replace(epochs=2, batch_size=8, lr=0.01, checkpoint_every=0))
     assert [(load(s)["progress"]["epoch"], load(s)["progress"]["batch"]) for s in saves] == [(2, 0), (3, 0)]
 
 
 def test_a_budget_is_checked_again_when_a_run_starts():
-    base = TrainConfig(epochs=3, batch_size=8, lr=0.01)
-    _, stopped, saves = run_fit(TrainConfig(**{**base.__dict__, "max_minutes": 1e-6}))
+    base = defaults().train.replace(epochs=3, batch_size=8, lr=0.01)
+    _, stopped, saves = run_fit(base.replace(max_minutes=1e-6))
     assert len(stopped) == 1
     last = Progress.from_state(load(saves[-1])["progress"])
-    assert finished(last, TrainConfig(**{**base.__dict__, "max_minutes": 1e-6}))
+    assert finished(last, base.replace(max_minutes=1e-6))
     assert not finished(last, base)  # no budget now: the run goes on to the planned epochs
     full, _, _ = run_fit(base)
     continued, history, _ = run_fit(base, resume=load(saves[-1]))
@@ -263,6 +263,7 @@ def test_the_stage_tells_the_pace_once_with_the_time_left_and_a_shorter_setting(
     assert "train.epochs=" not in lines[0]  # a tiny run: nothing to shorten
     from pixelnet.stages.train import pace_line
 
-    slow = pace_line(TrainConfig(epochs=10, batch_size=32), done=10, left=1240, seconds=50.0)  # 6.4 images/s
+    slow = pace_line(defaults().train.replace(epochs=10, batch_size=32), done=10, left=1240,
+                     seconds=50.0)  # 6.4 images/s
     assert "about 103 min more" in slow and "train.epochs=" in slow
     assert int(slow.split("train.epochs=")[1].split()[0]) == 1

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
-from pixelnet.config import TrainConfig
+from pixelnet.config import TrainConfig, defaults
 from pixelnet.data.processed import Split
 from pixelnet.errors import ConfigError
 from pixelnet.model.build import build_model
-from pixelnet.schema import from_mapping
 from pixelnet.training.loop import EMA, TrainStep, fit, lr_factor, shifted
 from tests.conftest import model_config
 
 CFG = model_config(channels=8, blocks=1, first_kernel=3, kernel=3, levels=4, height=6, width=6)
+TRAIN = defaults().train  # params.yaml's
 
 
 def split(n: int, seed: int) -> Split:
@@ -28,7 +27,7 @@ def split(n: int, seed: int) -> Split:
 
 def run(cfg: TrainConfig, *, conditional: bool = False):
     torch.manual_seed(1)
-    model = build_model(CFG if not conditional else replace(CFG, conditional=True, n_classes=2))
+    model = build_model(CFG if not conditional else CFG.replace(conditional=True, n_classes=2))
     history = fit(model, split(32, 0), split(8, 1), cfg, device=torch.device("cpu"))
     return model, history
 
@@ -53,13 +52,13 @@ def test_warmup_then_linear_to_zero():
 def test_exponential_decays_every_step_after_the_warmup():
     f = [lr_factor(s, 100, schedule="exponential", warmup_steps=2, decay=0.9) for s in range(6)]
     assert f == pytest.approx([0.5, 1.0, 1.0, 0.9, 0.81, 0.729])
-    _, history = run(TrainConfig(epochs=2, batch_size=8, lr=0.01, warmup_fraction=0.0, lr_schedule="exponential",
-                                 lr_decay=0.5))  # 8 steps; the lr recorded is step 3's and step 7's
+    _, history = run(TRAIN.replace(epochs=2, batch_size=8, lr=0.01, warmup_fraction=0.0, lr_schedule="exponential",
+                                   lr_decay=0.5))  # 8 steps; the lr recorded is step 3's and step 7's
     assert [r.lr for r in history] == pytest.approx([0.01 * 0.5 ** 3, 0.01 * 0.5 ** 7])
 
 
 def test_fit_follows_the_schedule():
-    _, history = run(TrainConfig(epochs=4, batch_size=8, lr=0.01, warmup_fraction=0.25))  # 16 steps, warmup 4
+    _, history = run(TRAIN.replace(epochs=4, batch_size=8, lr=0.01, warmup_fraction=0.25))  # 16 steps, warmup 4
     lrs = [r.lr for r in history]  # of steps 3, 7, 11, 15
     cosine = [0.01 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 12)) for s in (7, 11, 15)]
     assert lrs == pytest.approx([0.01] + cosine)
@@ -80,10 +79,10 @@ def test_ema_averages_every_float_and_copies_counters(monkeypatch):
 
 
 def test_ema_weights_are_what_fit_returns_and_repeat_exactly():
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9)
+    cfg = TRAIN.replace(epochs=2, batch_size=8, lr=0.01, ema_decay=0.9)
     a, ha = run(cfg)
     b, hb = run(cfg)
-    raw, _ = run(TrainConfig(epochs=2, batch_size=8, lr=0.01, ema_decay=0.0))
+    raw, _ = run(TRAIN.replace(epochs=2, batch_size=8, lr=0.01, ema_decay=0.0))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert [r.val_bpd for r in ha] == [r.val_bpd for r in hb]
     assert not torch.equal(a.input_conv.weight, raw.input_conv.weight)  # the averaged weights, not the last ones
@@ -91,17 +90,17 @@ def test_ema_weights_are_what_fit_returns_and_repeat_exactly():
 
 
 def test_a_budget_that_binds_stops_between_epochs_and_one_that_does_not_changes_nothing():
-    base = TrainConfig(epochs=3, batch_size=8, lr=0.01)
-    _, stopped = run(TrainConfig(**{**base.__dict__, "max_minutes": 1e-6}))
+    base = TRAIN.replace(epochs=3, batch_size=8, lr=0.01)
+    _, stopped = run(base.replace(max_minutes=1e-6))
     assert len(stopped) == 1  # checked after epoch 1: the next would end past the budget
-    free, h_free = run(TrainConfig(**{**base.__dict__, "max_minutes": 60.0}))
+    free, h_free = run(base.replace(max_minutes=60.0))
     none, h_none = run(base)
     assert len(h_free) == 3
     assert all(torch.equal(x, y) for x, y in zip(free.state_dict().values(), none.state_dict().values()))
 
 
 def test_conditional_models_get_their_labels():
-    model, history = run(TrainConfig(epochs=3, batch_size=8, lr=0.05), conditional=True)  # Muon: a toy's lr (test_core_training)
+    model, history = run(TRAIN.replace(epochs=3, batch_size=8, lr=0.05), conditional=True)  # Muon: a toy's lr (test_core_training)
     torch.manual_seed(1)
     untrained = build_model(model.config)
     assert not torch.equal(model.embed.weight, untrained.embed.weight)  # the class embedding was trained
@@ -122,7 +121,7 @@ def test_conditional_models_get_their_labels():
 ])
 def test_bad_train_params_are_rejected(mapping, match):
     with pytest.raises(ConfigError, match=match):
-        from_mapping(TrainConfig, mapping, section="train")
+        TRAIN.replace(**mapping)
 
 
 @pytest.mark.parametrize("arch", ["pixelcnn", "gated", "pixelcnnpp"])
@@ -132,7 +131,7 @@ def test_muon_takes_the_conv_filters_and_adam_the_rest(arch):
     cfg = model_config(arch=arch, norm="weight" if arch == "pixelcnnpp" else "batch", conditional=True, n_classes=2,
                        head="logistic_mixture" if arch == "pixelcnnpp" else "softmax")
     model = build_model(cfg)
-    step = TrainStep(model, TrainConfig(optimizer="muon", lr=0.01), total_steps=4)
+    step = TrainStep(model, TRAIN.replace(optimizer="muon", lr=0.01), total_steps=4)
     adam, muon = step.opts
     filters = muon.param_groups[0]["params"]
     names = {n for n, p in model.named_parameters() if any(p is f for f in filters)}
@@ -173,7 +172,7 @@ def test_muon_is_torchs_muon_batched_and_in_float32():
 
 def test_weight_decay_shrinks_filters_only():
     model = build_model(model_config())
-    (opt,) = TrainStep(model, TrainConfig(optimizer="adam", weight_decay=0.1), total_steps=4).opts
+    (opt,) = TrainStep(model, TRAIN.replace(optimizer="adam", weight_decay=0.1), total_steps=4).opts
     decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert decays[id(p)] == (0.1 if p.dim() >= 2 else 0.0), name

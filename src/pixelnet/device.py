@@ -1,8 +1,7 @@
 """Which torch device a process runs on: `select_device(name)`, for train.device and the later stages ("auto").
 
-Its own module, apart from training/distributed.py, so that the stages that
-only load a model (sample, complete, evaluate) import nothing of training and
-a change to data parallelism does not make DVC run them again.
+Its own module, so that the stages that only load a model (sample, complete, evaluate) import nothing of
+training, and a change to training does not make DVC run them again.
 """
 
 from __future__ import annotations
@@ -13,10 +12,7 @@ from pixelnet.errors import PixelNetError
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """train.device -> this process's device: auto is CUDA when there is one; under torchrun, GPU LOCAL_RANK.
-
-    The later stages (sample, complete, evaluate) ask for "auto".
-    """
+    """train.device -> this process's device: auto is CUDA when there is one; under torchrun, GPU LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cuda":

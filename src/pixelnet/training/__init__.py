@@ -1,1 +1,1 @@
-"""Training: the generic loop (loop.py), the resume state (resume.py), data parallelism (distributed.py)."""
+"""Training: the generic loop with its resume state and data parallelism (loop.py), the optimizers (optim.py)."""

@@ -1,53 +1,13 @@
-"""A small, generic training loop for autoregressive image models.
+"""The training loop (`fit`) and what it is made of: the step, the schedule, the EMA, the run's progress, its ranks.
 
-Nothing here knows about PixelCNN internals, files or MLflow: `fit` takes a
-model, two splits of integer-level images and a TrainConfig, and reports
-each step and epoch to optional callbacks (the stage wires in CSVs, progress
-bars, tracking and the resume state).  The training split is one uint8
-tensor, moved to the device once; batches are gathered there by slices of a
-seeded permutation, so a seeded run repeats exactly.
-
-The loop never waits for the device between two reads of the losses: each
-step's loss stays on the device until a read (`LossLog`: every READ_EVERY
-steps, where a save is due by steps, and at each epoch end), which hands
-`on_step` the steps since the last read, in order, with the floats a
-per-step `.item()` would give.  The EMA updates from references to the
-model's tensors.  The resume state is saved at reads too (`Checkpoints`).
-
-Time to quality (train section of params.yaml):
-- `lr_schedule: cosine` warms the learning rate up linearly over the first
-  `warmup_fraction` of the steps, then anneals it to zero along a cosine
-  (`lr_factor`); `constant` keeps `lr` after the warmup; `exponential`
-  multiplies it by `lr_decay` every step after the warmup (openai's
-  PixelCNN++ schedule: 0.999995 a step).
-- `ema_decay > 0` keeps an exponential moving average of the weights and
-  BatchNorm statistics (`EMA`); validation uses it and the model `fit`
-  returns holds it, so the EMA weights are what gets saved and evaluated.
-- `max_minutes` is a wall-clock budget, checked only between epochs: training
-  stops before an epoch that, at the average pace so far, would end past the
-  budget (`budget_binds`).  The schedule stays the one planned for `epochs`,
-  so a run the budget does not stop is bit-for-bit the run without a budget;
-  one it stops depends on the machine's speed.  The stage records whether it
-  stopped (`budget_bound`); the reproducibility check uses a budget that never
-  binds.
-- `optimizer: muon` steps the conv filters with Muon and the rest with AdamW; `adam` everything with AdamW
-  (optim.py).  `shift` moves each training image by up to that many pixels (`shifted`, from the device's RNG,
-  which the resume state keeps); a model whose config says `init: data` gets its data-dependent init from
-  the first DATA_INIT_IMAGES images of the first epoch's order before the first step.
-- `compile: true` runs the loss and its backward through torch.compile
-  (the compile time is part of the first epoch's time).
-- `precision: bf16` runs the forward pass under bfloat16 autocast; the output
-  head and the loss compute in float32.  `auto` (the default) is bf16 where
-  the CPU (AVX-512 BF16, AMX) or the GPU runs it natively (precision.py).
-
-Resume after any kill: `fit` saves and continues from the run's full state (resume.py),
-every `checkpoint_every` steps, every CHECKPOINT_SECONDS and at each epoch end.
-
-Data parallel under torchrun (`dist`, distributed.py): every rank draws the
-same permutation and trains on its slice of each global batch, with dropout
-masks of its own (seed + rank); DDP averages the gradients; the reported loss
-is the mean over ranks.  Only rank 0 validates and writes the state; decisions
-that depend on its clock are broadcast.
+`fit` knows nothing of files or MLflow: it trains a model on two splits of integer-level images and reports
+each step, epoch and save to optional callbacks (stages/train.py wires in the reports and the resume state).
+The training split moves to the device once; batches are gathered there by slices of a seeded permutation,
+so a seeded run repeats exactly.  Nothing waits for the device between two reads of the losses (every
+READ_EVERY steps, where a save is due, and at each epoch end).  The state handed to `on_save` (`capture`)
+lets `fit(resume=state)` end bit for bit where the uninterrupted run ends.  Under torchrun (`Dist`) every
+rank trains on its slice of each global batch with dropout masks of its own and keeps its RNGs in the saved
+state; rank 0 alone validates and hands the state to `on_save`, and decisions that depend on its clock are broadcast.
 """
 
 from __future__ import annotations
@@ -55,10 +15,16 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 
 from pixelnet.config import TrainConfig
@@ -71,66 +37,94 @@ from pixelnet.model.likelihood import (
     nats_to_bits_per_dim,
     total_nll_nats,
 )
-from pixelnet.training.distributed import Dist
 from pixelnet.training.optim import make_optimizers
-from pixelnet.training.precision import resolve_precision
-from pixelnet.training.resume import EpochRecord, Progress, capture, finished, rng_state, set_rng_state
 
 DATA_INIT_IMAGES = 128  # images of the one forward pass of a data-dependent init (openai's: 100)
 READ_EVERY = 10  # optimizer steps between reads of the losses to the host, the loop's one wait for the device
 # Seconds of rank 0's clock after which the resume state is saved even before checkpoint_every steps have passed:
 # it bounds the training a kill loses where steps are slow (the CIFAR-10 preset saves every 2000 steps).
 CHECKPOINT_SECONDS = 300.0
+EVAL_BATCH_SIZE = 64  # on a CPU 64 beats 256, which spills the cache (benchmarks/bench_sampling.py, forward images/s)
+STATE_FORMAT = 3  # the layout of `capture`'s dict (2: one RNG state a rank; 3: a list of optimizers)
 
 StepCallback = Callable[[int, int, float], None]  # (step, epoch, loss in bits/dim)
-EpochCallback = Callable[[EpochRecord, nn.Module], None]  # (the epoch, the model holding the weights it validated)
+EpochCallback = Callable[["EpochRecord", nn.Module], None]  # (the epoch, the model holding the weights it validated)
 
 
-def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int, decay: float = 1.0) -> float:
-    """Multiplier of train.lr for optimizer step `step` (0-based) of `total_steps`; `decay` is exponential's."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "exponential":
-        return decay ** (step - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, *, device: torch.device,
+        on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
+        on_save: Callable[[dict], None] | None = None, resume: dict | None = None,
+        dist: Dist | None = None) -> list[EpochRecord]:
+    """Train `model` in place on its NLL; returns one record per epoch run (resumed ones too).
 
-
-class EMA:
-    """Exponential moving average of a model's floating-point state (weights and BatchNorm statistics).
-
-    The decay ramps up as min(decay, (1 + t) / (10 + t)) over updates t, so
-    that in a short run the random initial weights fade out quickly.
-    Integer state (BatchNorm's batch counter) is copied, not averaged.  It
-    holds references to the model's own tensors, so build it once the model
-    is on its device (`Module.to` replaces buffers).
+    With cfg.ema_decay > 0 the model ends up holding the EMA weights.  `on_step` hears of each step when its
+    loss is read.  `on_save(state)` is called on rank 0 at each epoch end and, at a read, once
+    cfg.checkpoint_every steps or CHECKPOINT_SECONDS have passed since the last save; `resume` is such a state.
     """
+    dist = dist or Dist(device=device)
+    torch.manual_seed(dist.rank_seed(cfg.seed))  # dropout: every rank draws its own masks
+    order = torch.Generator().manual_seed(cfg.seed)  # the data order: the same on every rank
+    model.to(device).train()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    elif getattr(getattr(model, "config", None), "init", "default") == "data":  # model.init: data (PixelCNN++)
+        first = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(cfg.seed))[:DATA_INIT_IMAGES]
+        model.data_init(train.images[first].to(device),
+                        train.labels[first].to(device) if is_conditional(model) else None)
+    per_epoch = batches_per_epoch(len(train.images), cfg.batch_size)
+    step_fn = TrainStep(dist.wrap(model), cfg, total_steps=per_epoch * cfg.epochs, module=model)
+    progress = Progress(order=order.get_state())
+    if resume is not None:
+        step_fn.load_state_dict(resume["train_step"])
+        progress = Progress.from_state(resume["progress"])
+        set_rng_state(resume["rng"][dist.rank], device)
+    eval_model = copy.deepcopy(model) if step_fn.ema else model  # holds the EMA weights for validation
+    images = train.images.to(device)  # once: every batch is gathered on the device
+    labels = train.labels.to(device) if is_conditional(model) else None
+    pending: list[tuple[torch.Tensor, int]] = []  # the unread steps: (loss in nats a dimension, 0-d; batch size)
+    run_start, last_save = time.perf_counter() - progress.elapsed, time.monotonic()
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        live = model.state_dict(keep_vars=True)  # the parameters and buffers themselves, not copies
-        self.shadow = {k: v.detach().clone() for k, v in live.items()}
-        self._floats = ([self.shadow[k] for k, v in live.items() if v.is_floating_point()],
-                        [v for v in live.values() if v.is_floating_point()])
-        self._counters = [(self.shadow[k], v) for k, v in live.items() if not v.is_floating_point()]
+    def save() -> None:  # every rank takes part: the state keeps every rank's RNGs
+        nonlocal last_save
+        rngs = dist.gather(rng_state(device))
+        if dist.main:
+            on_save(capture(step_fn, progress, rngs))
+        last_save = time.monotonic()
 
-    @torch.no_grad()
-    def update(self) -> None:
-        """One more average, of the model's tensors as they are now."""
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        shadow, live = self._floats
-        torch._foreach_lerp_(shadow, live, 1.0 - decay)
-        for kept, counter in self._counters:
-            kept.copy_(counter)
-
-    def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict(self.shadow)
+    while not dist.agree(finished(progress, cfg)):
+        epoch_start = time.perf_counter() - progress.epoch_seconds
+        order.set_state(progress.order)
+        perm = torch.randperm(len(train.images), generator=order).to(device)
+        batches = perm.split(cfg.batch_size)[:per_epoch]  # the global batches' indices, on the device
+        for b in range(progress.batch, per_epoch):  # from the batch a resumed run stopped at
+            idx = dist.shard(batches[b])  # this rank's share of the global batch
+            x = images.index_select(0, idx)
+            y = labels.index_select(0, idx) if labels is not None else None
+            pending.append((dist.mean(step_fn(x, y)), len(batches[b])))
+            step = progress.step + len(pending)
+            save_due = on_save is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
+            if step % READ_EVERY == 0 or save_due or b + 1 == per_epoch:  # between reads `progress` lags the weights
+                read_losses(pending, progress, on_step)
+                if on_save is not None and (save_due or dist.agree(time.monotonic() - last_save >= CHECKPOINT_SECONDS)):
+                    progress.epoch_seconds = time.perf_counter() - epoch_start
+                    progress.elapsed = time.perf_counter() - run_start
+                    save()
+        seconds = time.perf_counter() - epoch_start
+        val_bpd = math.nan  # rank 0 alone validates, the weights `fit` returns (the EMA's, if any)
+        if dist.main:
+            if step_fn.ema:
+                step_fn.ema.copy_to(eval_model)
+            val_bpd = validation_bpd(eval_model, val, device=device)
+        record = progress.next_epoch(val_bpd=val_bpd, seconds=seconds, lr=step_fn.last_lr,
+                                     elapsed=time.perf_counter() - run_start, order=order.get_state())
+        if on_epoch:
+            on_epoch(record, eval_model)
+        if on_save is not None:
+            save()
+    if step_fn.ema:
+        step_fn.ema.copy_to(model)
+    model.eval()
+    return progress.history
 
 
 def batches_per_epoch(n_images: int, batch_size: int) -> int:
@@ -138,34 +132,38 @@ def batches_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // batch_size)
 
 
+def read_losses(pending: list[tuple[torch.Tensor, int]], progress: Progress, on_step: StepCallback | None) -> None:
+    """Advance `progress` by the pending steps and tell `on_step` of each, in order: one wait for the device."""
+    nats = torch.stack([loss for loss, _ in pending]).tolist()  # (steps,) float32: the floats .item() gives
+    for (_, n_images), loss_nats in zip(pending, nats):
+        loss_bpd = nats_to_bits_per_dim(loss_nats)
+        progress.advance(n_images, loss_bpd)
+        if on_step:
+            on_step(progress.step, progress.epoch, loss_bpd)
+    pending.clear()
+
+
+def validation_bpd(model: nn.Module, val: Split, *, device: torch.device) -> float:
+    if not len(val.images):
+        return math.nan
+    labels = val.labels if is_conditional(model) else None
+    nats = total_nll_nats(model, val.images, batch_size=EVAL_BATCH_SIZE, device=device, labels=labels)
+    return bits_per_dim(nats, len(val.images), val.images[0].numel())
+
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (network output, x) -> mean NLL in nats
 
 
-def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """Each image of x (N, C, H, W) moved by its own random offsets in [-shift, shift] down and right, zero-filled.
-
-    The offsets come from the device's global RNG, which the resume state keeps.
-    """
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, n, 1), device=x.device)
-    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
-    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
-
-
 class TrainStep:
-    """One optimizer step on a batch (loss, backward, optimizers, schedule, EMA): what `fit` repeats and benchmarks time.
+    """One optimizer step on a batch (loss, backward, optimizers, schedule, EMA): what `fit` repeats, benchmarks time.
 
     `model` is what the forward pass runs through (under torchrun, the DDP wrapper); `module` the network
-    itself, whose weights the EMA averages (default: `model`).
+    itself, whose weights the EMA averages (default: `model`).  The forward pass runs under bfloat16 autocast
+    where train.precision resolves to bf16; the loss is computed in float32.
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, *, total_steps: int, loss: Loss | None = None,
                  module: nn.Module | None = None) -> None:
-        self.model = model
         self.module = model if module is None else module
         if loss is None:  # the NLL under the network's own output distribution
             loss = functools.partial(mean_nll_nats, self.module.distribution)
@@ -178,15 +176,13 @@ class TrainStep:
         self.shift = cfg.shift
         device = next(self.module.parameters()).device
         bf16 = resolve_precision(cfg.precision, device) == "bf16"
-        device_type = device.type
 
         def loss_of(x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = forward(model, x, labels)
             return loss(out.float(), x)  # float32 loss (.float() is a no-op on float32 outputs)
 
         self.loss_of = torch.compile(loss_of) if cfg.compile else loss_of
-
         self.last_lr = cfg.lr  # the learning rate the last step used
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,189 +217,281 @@ class TrainStep:
         self.last_lr = state["last_lr"]
 
 
-class Stopwatch:
-    """A run's training time and its epoch's, continuing a resumed run's (Progress.elapsed, .epoch_seconds)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.run_start = time.perf_counter() - progress.elapsed
-        self.start_epoch(progress)
-
-    def start_epoch(self, progress: Progress) -> None:
-        self.epoch_start = time.perf_counter() - progress.epoch_seconds
-
-    def epoch(self) -> float:
-        return time.perf_counter() - self.epoch_start
-
-    def run(self) -> float:
-        return time.perf_counter() - self.run_start
-
-    def stamp(self, progress: Progress) -> None:
-        """Write the times so far into a mid-epoch `progress`, for a save."""
-        progress.epoch_seconds, progress.elapsed = self.epoch(), self.run()
+def lr_factor(step: int, total_steps: int, *, schedule: str, warmup_steps: int, decay: float = 1.0) -> float:
+    """Multiplier of train.lr for optimizer step `step` (0-based) of `total_steps`; `decay` is exponential's."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "exponential":
+        return decay ** (step - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class LossLog:
-    """The losses of the steps since the last read, kept on the device until `read` copies them to the host."""
+class EMA:
+    """Exponential moving average of a model's floating-point state (weights and BatchNorm statistics).
 
-    def __init__(self, on_step: StepCallback | None) -> None:
-        self.on_step = on_step
-        self.pending: list[tuple[torch.Tensor, int]] = []  # (loss in nats a dimension, 0-d; images in its global batch)
-
-    def add(self, loss: torch.Tensor, n_images: int) -> None:
-        self.pending.append((loss, n_images))
-
-    def read(self, progress: Progress) -> None:
-        """Advance `progress` by the pending steps and tell `on_step` of each, in order: one wait for the device."""
-        nats = torch.stack([loss for loss, _ in self.pending]).tolist()  # (steps,) float32: the floats .item() gives
-        for (_, n_images), loss_nats in zip(self.pending, nats):
-            loss_bpd = nats_to_bits_per_dim(loss_nats)
-            progress.advance(n_images, loss_bpd)
-            if self.on_step:
-                self.on_step(progress.step, progress.epoch, loss_bpd)
-        self.pending.clear()
-
-
-class Checkpoints:
-    """When `fit` saves the resume state, and the saving.
-
-    At each epoch end, and at a read of the losses (between reads `progress` lags the weights) once `every`
-    steps (train.checkpoint_every) or `seconds` of rank 0's clock have passed since the last save.  Every
-    rank takes part in a save, for the state keeps every rank's RNGs; `on_save` (the same on every rank, or
-    None on every rank) is called on rank 0.
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) over updates t, so that in a short run the random
+    initial weights fade out quickly.  Integer state (BatchNorm's batch counter) is copied, not averaged.  It
+    holds references to the model's own tensors, so build it once the model is on its device (`Module.to`
+    replaces buffers).
     """
 
-    def __init__(self, on_save: Callable[[dict], None] | None, step_fn: TrainStep, *, watch: Stopwatch, dist: Dist,
-                 device: torch.device, every: int, seconds: float) -> None:
-        self.on_save, self.step_fn, self.watch, self.dist, self.device = on_save, step_fn, watch, dist, device
-        self.every, self.seconds = every, seconds
-        self.last = time.monotonic()
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        live = model.state_dict(keep_vars=True)  # the parameters and buffers themselves, not copies
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
+        self._floats = ([self.shadow[k] for k, v in live.items() if v.is_floating_point()],
+                        [v for v in live.values() if v.is_floating_point()])
+        self._counters = [(self.shadow[k], v) for k, v in live.items() if not v.is_floating_point()]
 
-    def by_steps(self, step: int) -> bool:
-        """A save is due after `step` by train.checkpoint_every: its loss must be read then."""
-        return self.on_save is not None and self.every > 0 and step % self.every == 0
+    @torch.no_grad()
+    def update(self) -> None:
+        """One more average, of the model's tensors as they are now."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        shadow, live = self._floats
+        torch._foreach_lerp_(shadow, live, 1.0 - decay)
+        for kept, counter in self._counters:
+            kept.copy_(counter)
 
-    def after_read(self, progress: Progress) -> None:
-        """Save mid-epoch if `every` steps or `seconds` have passed (rank 0's clock, which every rank follows)."""
-        if self.on_save is None:
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each image of x (N, C, H, W) moved by its own random offsets in [-shift, shift] down and right, zero-filled.
+
+    The offsets come from the device's global RNG, which the resume state keeps.
+    """
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 dot products
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty where that file is missing)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return next((frozenset(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")),
+                frozenset())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision for `device`: auto is bf16 where bf16 runs natively, which was measured faster than fp32
+    (docs/training.md): a CPU with AMX or AVX-512 BF16, a CUDA device of compute capability 8.0 or newer."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if device.type == "cpu" and any(f in cpu_flags() for f in CPU_BF16_FLAGS) else "fp32"
+
+
+# ---- the run's progress, its end, and the full state a save captures ----
+
+@dataclass
+class EpochRecord:
+    """One finished epoch, as the run's history keeps it."""
+
+    epoch: int
+    step: int
+    train_bpd: float
+    val_bpd: float
+    seconds: float
+    images_per_s: float
+    lr: float  # the learning rate of the epoch's last step
+    elapsed_seconds: float  # since fit began, validation included: what train.max_minutes is checked against
+
+
+@dataclass
+class Progress:
+    """Where a run stands between two optimizer steps, besides its weights, optimizer and RNGs.
+
+    The data order is kept as the order generator's state at the start of the epoch in progress: a resumed
+    run draws the permutation again and skips the batches done.
+    """
+
+    epoch: int = 1  # the epoch in progress, from 1
+    batch: int = 0  # its batches done
+    step: int = 0  # optimizer steps done in all
+    loss_sum: float = 0.0  # the epoch's sum of batch loss (bits/dim) x batch size, so far
+    seen: int = 0  # the epoch's images so far
+    epoch_seconds: float = 0.0  # the epoch's training time so far
+    elapsed: float = 0.0  # the run's time so far, validation and earlier sessions included
+    order: torch.Tensor | None = None  # the data-order generator's state at the start of `epoch`
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_state(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "history"} | {
+            "history": [vars(r) for r in self.history]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        return cls(**{k: v for k, v in state.items() if k != "history"},
+                   history=[EpochRecord(**r) for r in state["history"]])
+
+    def advance(self, n_images: int, loss_bpd: float) -> None:
+        """One optimizer step done, on a (global) batch of n_images with this loss in bits/dim."""
+        self.step, self.batch = self.step + 1, self.batch + 1
+        self.loss_sum += loss_bpd * n_images
+        self.seen += n_images
+
+    def next_epoch(self, *, val_bpd: float, seconds: float, lr: float, elapsed: float,
+                   order: torch.Tensor) -> EpochRecord:
+        """Close the epoch in progress (`lr`: its last step's; `elapsed`: the run's time so far, validation
+        included; `order`: the data order's state for the next epoch, which starts here); returns its record."""
+        record = EpochRecord(self.epoch, self.step, self.loss_sum / self.seen, val_bpd, seconds, self.seen / seconds,
+                             lr, elapsed)
+        self.history.append(record)
+        self.epoch, self.batch, self.loss_sum, self.seen = self.epoch + 1, 0, 0.0, 0
+        self.epoch_seconds, self.elapsed, self.order = 0.0, elapsed, order
+        return record
+
+
+def finished(progress: Progress, cfg: TrainConfig) -> bool:
+    """At an epoch boundary, with every epoch done or the time budget spent.
+
+    train.max_minutes binds where the next epoch would end past the budget at the average pace so far, so it
+    is checked only between epochs, and again when a saved run starts.
+    """
+    history = progress.history
+    if progress.batch or not history:
+        return False
+    elapsed = history[-1].elapsed_seconds
+    budget_spent = cfg.max_minutes is not None and elapsed + elapsed / len(history) > 60 * cfg.max_minutes
+    return len(history) >= cfg.epochs or budget_spent
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG a run could draw from, as tensors and plain types (weights_only-loadable)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n, p = state["numpy"], state["python"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+
+
+def capture(step_fn: TrainStep, progress: Progress, rngs: list[dict]) -> dict:
+    """The full state of a run, as tensors and plain types (rngs: every rank's `rng_state`, in rank order).
+
+    Its tensors are the live ones: save or copy them at once.
+    """
+    return {"format": STATE_FORMAT, "model": step_fn.module.state_dict(), "train_step": step_fn.state_dict(),
+            "rng": rngs, "progress": progress.to_state()}
+
+
+# ---- data parallelism ----
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun world, and the collectives training uses (no-ops in a world of one).
+
+    Every rank draws the same permutation and takes the slice rank::world_size of each global batch; DDP
+    averages the gradients.  With equal shards that is the single-process update up to float summation order,
+    except for BatchNorm: on CUDA it becomes SyncBatchNorm, on the CPU (which SyncBatchNorm refuses) each
+    rank normalizes with its own shard's statistics.
+    """
+
+    world_size: int = 1
+    rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives' tensors live
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that validates and writes files."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def rank_seed(self, seed: int) -> int:
+        """The seed of this rank's own random draws (dropout masks): rank 0 draws what a single process draws."""
+        return seed + self.rank
+
+    def shard(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's images of a global batch: every world_size-th, from position rank."""
+        return index[self.rank::self.world_size] if self.enabled else index
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model DDP-wrapped (gradients averaged over ranks), BatchNorm synchronized on CUDA; itself alone."""
+        if not self.enabled:
+            return model
+        if self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over ranks."""
+        if not self.enabled:
+            return value
+        total = value.detach().clone()
+        torch_dist.all_reduce(total, op=torch_dist.ReduceOp.SUM)
+        return total / self.world_size
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's flag on every rank (decisions that depend on its clock, such as the time budget)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        torch_dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def gather(self, obj: object) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        objs = [None] * self.world_size
+        torch_dist.all_gather_object(objs, obj)
+        return objs
+
+    def share(self, data: bytes | None) -> bytes | None:
+        """Rank 0's bytes (None: nothing) on every rank."""
+        if not self.enabled:
+            return data
+        size = torch.tensor([-1 if data is None else len(data)], dtype=torch.long, device=self.device)
+        torch_dist.broadcast(size, src=0)
+        n = int(size.item())
+        if n < 0:
+            return None
+        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device) if self.main
+               else torch.empty(n, dtype=torch.uint8, device=self.device))
+        torch_dist.broadcast(buf, src=0)
+        return buf.cpu().numpy().tobytes()
+
+    def barrier(self) -> None:
+        if not self.enabled:
             return
-        if self.by_steps(progress.step) or self.dist.agree(time.monotonic() - self.last >= self.seconds):
-            self.watch.stamp(progress)
-            self.save(progress)
-
-    def save(self, progress: Progress) -> None:
-        if self.on_save is None:
-            return
-        rngs = self.dist.gather(rng_state(self.device))
-        if self.dist.main:
-            self.on_save(capture(self.step_fn, progress, rngs))
-        self.last = time.monotonic()
-
-
-def fit(
-    model: nn.Module,
-    train: Split,
-    val: Split,
-    cfg: TrainConfig,
-    *,
-    device: torch.device,
-    on_step: StepCallback | None = None,
-    on_epoch: EpochCallback | None = None,
-    eval_batch_size: int = 64,  # on a CPU 64 beats 256, which spills the cache (benchmarks/bench_eval_batch.py)
-    on_save: Callable[[dict], None] | None = None,
-    resume: dict | None = None,
-    dist: Dist | None = None,
-    read_every: int = READ_EVERY,
-    checkpoint_seconds: float = CHECKPOINT_SECONDS,
-) -> list[EpochRecord]:
-    """Train `model` in place on its NLL (train.optimizer: Muon and AdamW, or AdamW); returns one record per epoch
-    run (resumed ones too).
-
-    With cfg.ema_decay > 0 the model ends up holding the EMA weights.  `on_step` hears of each step when its
-    loss is read: every `read_every` steps, at mid-epoch saves and at each epoch end.  `on_save(state)` is called
-    on rank 0 every cfg.checkpoint_every steps, every `checkpoint_seconds` and at each epoch end (`Checkpoints`);
-    `resume` is such a state to continue from.
-    """
-    dist = dist or Dist(device=device)
-    torch.manual_seed(dist.rank_seed(cfg.seed))  # dropout: every rank draws its own masks
-    order = torch.Generator().manual_seed(cfg.seed)  # the data order: the same on every rank
-    model.to(device).train()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-    elif getattr(getattr(model, "config", None), "init", "default") == "data":  # model.init: data (PixelCNN++)
-        first = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(cfg.seed))[:DATA_INIT_IMAGES]
-        model.data_init(train.images[first].to(device),
-                        train.labels[first].to(device) if is_conditional(model) else None)
-    per_epoch = batches_per_epoch(len(train.images), cfg.batch_size)
-    step_fn = TrainStep(dist.wrap(model), cfg, total_steps=per_epoch * cfg.epochs, module=model)
-    progress = Progress(order=order.get_state())
-    if resume is not None:
-        step_fn.load_state_dict(resume["train_step"])
-        progress = Progress.from_state(resume["progress"])
-        set_rng_state(resume["rng"][dist.rank], device)
-    eval_model = copy.deepcopy(model) if step_fn.ema else model  # holds the EMA weights for validation
-    images = train.images.to(device)  # once: every batch is gathered on the device
-    labels = train.labels.to(device) if is_conditional(model) else None
-    watch = Stopwatch(progress)
-    saves = Checkpoints(on_save, step_fn, watch=watch, dist=dist, device=device, every=cfg.checkpoint_every,
-                        seconds=checkpoint_seconds)
-    losses = LossLog(on_step)
-    while not dist.agree(finished(progress, cfg)):
-        watch.start_epoch(progress)
-        order.set_state(progress.order)
-        perm = torch.randperm(len(train.images), generator=order).to(device)
-        batches = perm.split(cfg.batch_size)[:per_epoch]  # the global batches' indices, on the device
-        _train_epoch(step_fn, batches, progress, images=images, labels=labels, dist=dist, losses=losses,
-                     saves=saves, read_every=read_every)
-        seconds = watch.epoch()
-        val_bpd = _validate(step_fn, eval_model, val, dist=dist, batch_size=eval_batch_size, device=device)
-        record = progress.next_epoch(val_bpd=val_bpd, seconds=seconds, lr=step_fn.last_lr, elapsed=watch.run(),
-                                     order=order.get_state())
-        if on_epoch:
-            on_epoch(record, eval_model)
-        saves.save(progress)
-    if step_fn.ema:
-        step_fn.ema.copy_to(model)
-    model.eval()
-    return progress.history
-
-
-def _train_epoch(step_fn: TrainStep, batches: tuple[torch.Tensor, ...], progress: Progress, *, images: torch.Tensor,
-                 labels: torch.Tensor | None, dist: Dist, losses: LossLog, saves: Checkpoints, read_every: int) -> None:
-    """The epoch's batches from progress.batch on (`batches`: each global batch's indices, on the device).
-
-    The losses are read every `read_every` steps, where a save is due by steps, and at the epoch's end; in
-    between, nothing waits for the device.
-    """
-    for b in range(progress.batch, len(batches)):
-        idx = dist.shard(batches[b])  # this rank's share of the global batch
-        losses.add(_train_batch(step_fn, images, labels, idx, dist=dist), len(batches[b]))
-        step = progress.step + len(losses.pending)
-        if step % read_every == 0 or saves.by_steps(step) or b + 1 == len(batches):
-            losses.read(progress)
-            saves.after_read(progress)
-
-
-def _train_batch(step_fn: TrainStep, images: torch.Tensor, labels: torch.Tensor | None, idx: torch.Tensor, *,
-                 dist: Dist) -> torch.Tensor:
-    """One optimizer step on images[idx]; its loss in nats a dimension, averaged over ranks, left on the device."""
-    x = images.index_select(0, idx)
-    y = labels.index_select(0, idx) if labels is not None else None
-    return dist.mean(step_fn(x, y))
-
-
-def _validate(step_fn: TrainStep, eval_model: nn.Module, val: Split, *, dist: Dist, batch_size: int,
-              device: torch.device) -> float:
-    """Rank 0's validation bits/dim of the weights `fit` returns (the EMA's, if any); NaN on the other ranks."""
-    if not dist.main:
-        return math.nan
-    if step_fn.ema:
-        step_fn.ema.copy_to(eval_model)
-    return _val_bpd(eval_model, val, batch_size=batch_size, device=device)
-
-
-def _val_bpd(model: nn.Module, val: Split, *, batch_size: int, device: torch.device) -> float:
-    if not len(val.images):
-        return math.nan
-    labels = val.labels if is_conditional(model) else None
-    nats = total_nll_nats(model, val.images, batch_size=batch_size, device=device, labels=labels)
-    return bits_per_dim(nats, len(val.images), val.images[0].numel())
+        if self.device.type == "cuda":
+            torch_dist.barrier(device_ids=[self.device.index])
+        else:
+            torch_dist.barrier()

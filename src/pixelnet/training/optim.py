@@ -25,7 +25,7 @@ MOMENTUM = 0.95
 
 
 def make_optimizers(module: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """train.optimizer's optimizers: AdamW (decay on the filters only), or Muon for the filters and AdamW for the rest."""
+    """train.optimizer's: AdamW (decay on the filters only), or Muon for the filters and AdamW for the rest."""
     filters, rest = split_filters(module)
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     if cfg.optimizer == "muon":
