@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from pixelnet.model.build import ARCHITECTURES, build_model
-from pixelnet.model.config import ModelConfig, ModelParams
+from pixelnet.config import ModelParams
+from pixelnet.model.config import ModelConfig
 from pixelnet.sampling import sample_naive, sampling_noise
 from pixelnet.sampling.fast import IMPLEMENTATIONS, incremental, sample_fast
 from tests.conftest import model_config, random_model

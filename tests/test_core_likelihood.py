@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -96,7 +95,7 @@ def test_marginal_with_all_mass_on_one_class_is_that_class_nll_and_heldout_nll_r
         assert per_marginal[k] <= per_given[k] - math.log(prior[labels[k]]) + 1e-6
     from pixelnet.model.build import build_model
 
-    unconditional = build_model(replace(model.config, conditional=False, n_classes=0)).eval()
+    unconditional = build_model(model.config.replace(conditional=False, n_classes=0)).eval()
     out = heldout_nll(unconditional, images, batch_size=4, device=cpu, labels=labels, prior=prior)
     assert set(out) == {"test_bits_per_dim", "test_nats_per_image"}
 

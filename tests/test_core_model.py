@@ -10,7 +10,6 @@ import torch
 from pixelnet.errors import ConfigError
 from pixelnet.model import ModelConfig
 from pixelnet.model.masks import conv_mask
-from pixelnet.schema import from_mapping, to_dict
 from tests.conftest import model_config, random_model
 
 
@@ -64,7 +63,7 @@ def test_mask_centre_taps():
 )
 def test_model_config_rejects_bad_values(mapping, match):
     with pytest.raises(ConfigError, match=match):
-        from_mapping(ModelConfig, to_dict(model_config()) | mapping, section="model")
+        model_config().replace(**mapping)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -76,4 +75,4 @@ def test_model_config_rejects_bad_values(mapping, match):
 def test_model_config_reads_back_equal_from_its_json_form(overrides):
     """A checkpoint stores its config as plain data: what it reads back must be the same config, every field."""
     cfg = model_config(**overrides)
-    assert from_mapping(ModelConfig, json.loads(json.dumps(to_dict(cfg))), section="model") == cfg
+    assert ModelConfig.from_mapping(json.loads(json.dumps(cfg.model_dump()))) == cfg

@@ -76,42 +76,42 @@ def test_label_changes_logits_only_when_conditional(arch):
 
 
 def test_conditional_needs_classes():
+    from pixelnet.config import defaults
     from pixelnet.errors import ConfigError
-    from pixelnet.model import ModelParams
 
     with pytest.raises(ConfigError, match="model.conditional"):
         model_config(conditional=True, n_classes=1)
-    ModelParams(conditional=True)  # params.yaml's section: the classes come from the data later
+    defaults().model.replace(conditional=True)  # params.yaml's section: the classes come from the data later
 
 
 def test_conditional_auto_follows_the_data_and_is_checked_as_a_param():
+    from pixelnet.config import defaults
     from pixelnet.errors import ConfigError
-    from pixelnet.model import ModelParams, resolve_conditional
-    from pixelnet.schema import from_mapping
 
-    auto = from_mapping(ModelParams, {"conditional": "auto"}, section="model")
-    assert [resolve_conditional(auto.conditional, n) for n in (0, 1, 2, 10)] == [False, False, True, True]
-    assert resolve_conditional(False, 10) is False and resolve_conditional(True, 10) is True
-    assert from_mapping(ModelParams, {"conditional": True}, section="model").conditional is True
+    auto = defaults().model.replace(conditional="auto")
+    data = {"levels": 4, "image_channels": 1, "height": 8, "width": 8}
+    assert [ModelConfig.for_data(auto, **data, n_classes=n).conditional for n in (0, 1, 2, 10)] == [False, False, True, True]
+    assert ModelConfig.for_data(auto.replace(conditional=False), **data, n_classes=10).conditional is False
+    assert defaults().model.replace(conditional=True).conditional is True
     for bad in ("yes", 1, None):
         with pytest.raises(ConfigError, match=r"model.conditional must be true or false or one of 'auto'"):
-            from_mapping(ModelParams, {"conditional": bad}, section="model")
+            defaults().model.replace(conditional=bad)
     resolved = ModelConfig.for_data(auto, levels=4, image_channels=1, height=8, width=8, n_classes=10)
     assert resolved.conditional is True and resolved.n_classes == 10
     assert ModelConfig.for_data(auto, levels=4, image_channels=1, height=8, width=8, n_classes=0).conditional is False
-    with pytest.raises(ConfigError, match="must be resolved"):
+    with pytest.raises(ConfigError, match="model.conditional must be true or false, got 'auto'"):
         model_config(conditional="auto")  # a network is only built once the data has decided
 
 
 def test_sample_labels_take_turns_so_any_run_of_classes_holds_each_once():
-    from pixelnet.config import SampleConfig
-    from pixelnet.stages.sample import sample_labels
+    from pixelnet.config import defaults
+    from pixelnet.sampling import sample_labels
 
-    labels, per_row = sample_labels(SampleConfig(n=256), model_config(conditional=True, n_classes=10))
+    labels, per_row = sample_labels(defaults().sample.replace(n=256), model_config(conditional=True, n_classes=10))
     assert per_row == 10 and labels.shape == (256,)
     assert all(sorted(labels[k:k + 10].tolist()) == list(range(10)) for k in range(0, 247))
     assert torch.bincount(labels).tolist() == [26] * 6 + [25] * 4
-    assert sample_labels(SampleConfig(n=4), model_config()) == (None, None)
+    assert sample_labels(defaults().sample.replace(n=4), model_config()) == (None, None)
 
 
 def test_cli_label_draws_one_class_and_stage_grid_has_a_column_per_class(tmp_path, run_cli):

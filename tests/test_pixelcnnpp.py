@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
 from pixelnet.errors import ConfigError
-from pixelnet.model import ModelConfig, ModelParams
+from pixelnet.config import defaults
+from pixelnet.model import ModelConfig
 from pixelnet.model.build import build_model
 from tests.conftest import model_config
 
@@ -92,7 +92,7 @@ def test_no_blind_spot_every_earlier_pixel_reaches_the_output(image_channels, i,
 def test_dropout_is_on_in_training_and_off_in_eval():
     model = make(dropout=0.5, height=6, width=6)
     x = torch.randint(0, 16, (2, 1, 6, 6))
-    without = build_model(dataclasses.replace(model.config, dropout=0.0))
+    without = build_model(model.config.replace(dropout=0.0))
     without.load_state_dict(model.state_dict())
     with torch.no_grad():
         model.eval(), without.eval()
@@ -116,11 +116,12 @@ def test_label_changes_the_outputs_only_when_conditional():
 
 def test_head_and_norm_follow_the_architecture():
     data = {"levels": 256, "image_channels": 1, "height": 28, "width": 28, "n_classes": 10}
-    pp = ModelConfig.for_data(ModelParams(arch="pixelcnnpp", head="auto"), **data)
+    pp = ModelConfig.for_data(defaults().model.replace(arch="pixelcnnpp", head="auto"), **data)
     assert (pp.head, pp.norm) == ("logistic_mixture", "weight")
-    plain = ModelConfig.for_data(ModelParams(arch="gated"), **data)
+    plain = ModelConfig.for_data(defaults().model.replace(arch="gated"), **data)
     assert (plain.head, plain.norm) == ("softmax", "batch")
-    assert ModelConfig.for_data(ModelParams(arch="pixelcnnpp", head="softmax", norm="none"), **data).head == "softmax"
+    pp_softmax = defaults().model.replace(arch="pixelcnnpp", head="softmax", norm="none")
+    assert ModelConfig.for_data(pp_softmax, **data).head == "softmax"
 
 
 @pytest.mark.parametrize("params, message", [
@@ -135,26 +136,27 @@ def test_head_and_norm_follow_the_architecture():
 ])
 def test_bad_pixelcnnpp_params_are_config_errors(params, message):
     with pytest.raises(ConfigError, match=message):
-        ModelParams(**params)
+        defaults().model.replace(**params)
 
 
-def test_shortcuts_wire_each_layer_down_to_its_mirror_up():
+def test_levels_wire_each_layer_down_to_its_mirror_up():
     """The paper's U-Net at 1 layer a block and 3 levels: each down layer reads the map made at the mirror
-    position up the network, last made first read, and every map is read once."""
-    from pixelnet.model.pixelcnnpp import Shortcuts
-
-    wiring = Shortcuts.of([1, 1, 1], [1, 2, 2])
-    assert wiring.level == (0, 0, 1, 1, 2, 2)
-    assert wiring.up == ((0, 1), (2, 3), (4, 5))
-    assert (wiring.start, wiring.down) == (5, ((4,), (3, 2), (1, 0)))
-    with pytest.raises(ValueError, match="never read"):
-        Shortcuts.of([1, 1], [1, 1])
+    position up the network, last made first read, every map but the last (where the pass down starts) once."""
+    model = make()
+    levels = model.resolution_levels()
+    assert [level.size for level in levels] == [(6, 6), (3, 3), (2, 2)]
+    assert [level.makes for level in levels] == [(0, 1), (2, 3), (4, 5)]
+    assert [level.reads for level in levels] == [(1, 0), (3, 2), (4,)]
+    assert [len(level.u.down) for level in levels] == [2, 2, 1]  # one layer a read
+    coarsest = levels[2]  # the pass down's first block, entered by no transposed conv, left by the first
+    assert coarsest.ul.down == [model.down[0][0][1]] and coarsest.u.downsize is coarsest.u.upsize is None
+    assert levels[1].u.upsize is model.upsize[0][0] and levels[1].ul.downsize is model.downsize[1][1]
 
 
 def test_elu_halves_the_gated_layers_conv_inputs():
     """model.activation: elu feeds the convs F channels where concat_elu feeds them 2F."""
     for activation, widen in (("concat_elu", 2), ("elu", 1)):
-        layer = make(activation=activation).up[0][0][1]  # level 0, layer 0, the ul stream (one short-cut)
+        layer = make(activation=activation).resolution_levels()[0].ul.up[0]  # level 0's first ul layer (one short-cut)
         assert layer.conv_in.conv.in_channels == widen * 8 and layer.conv_out.conv.in_channels == widen * 8
         assert layer.nin_skip.in_channels == widen * 8
 

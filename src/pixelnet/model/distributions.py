@@ -1,47 +1,12 @@
-"""The output distributions over intensities: what a network's last conv parameterizes (model.head).
+"""The output distributions over intensities, which a network's last conv parameterizes (model.head).
 
-Two distributions, one interface, so the likelihood, both samplers and both
-architectures treat them alike:
-
-- `Softmax`: a categorical over the `levels` of every sub-pixel, `levels`
-  logits each (the seed's model, and the textbook's).  Colour is causal through
-  the masks: the features of image channel g see channels < g of the current
-  pixel (masks.py), so a pixel's logits come in C groups.
-- `LogisticMixture`: the discretized mixture of logistics of PixelCNN++
-  (Salimans et al. 2017; openai/pixel-cnn `discretized_mix_logistic_loss`).
-  For each pixel, K components, each with a mean and a log-scale per channel
-  and, for RGB, coefficients that move G's mean by R and B's by R and G:
-
-      mean_G = mu_G + alpha * R,  mean_B = mu_B + beta * R + gamma * G   (R, G in [-1, 1])
-
-  p(r, g, b) = sum_k pi_k p_k(r) p_k(g | r) p_k(b | r, g).  The network sees
-  none of the current pixel (one mask group), so its 3K (gray) or 10K (RGB)
-  outputs a pixel are the whole pixel's distribution.
-
-Discretization: level l sits at v = 2l / (levels - 1) - 1 (layers.scale_input)
-and owns the bin [v - d, v + d], d = 1 / (levels - 1); the first and last bins
-are open to -inf and +inf, so the probabilities of all levels sum to 1 exactly.
-log(sigma(b) - sigma(a)) is computed in closed form (`log_sigmoid_diff`),
-stable in float32 for any bin, so there is no approximation where openai's
-code switches to the density at the bin centre.
-
-Per sub-pixel: the samplers draw R, then G, then B.  Each channel's
-distribution over levels given the channels already drawn is exact:
-p(g | r) = sum_k w_k(r) p_k(g | r) with posterior weights w_k(r) ~ pi_k p_k(r)
-(`level_logits`), and the NLL of a pixel is the sum of these conditionals,
-which is -log p(r, g, b).
-
-Drawing (`draw`): every sampler draws sub-pixel ch by inverse CDF at a
-given uniform u, from the same function of the network's output, so the naive
-and the cached samplers draw the same images from the same noise.  The softmax
-cumulates its probabilities; the mixture evaluates its CDF at the levels'
-upper bin edges directly, sum_k w_k sigmoid((edge - mean_k) / s_k), which
-costs K sigmoids a level instead of the logs and sums of `level_logits`.
-
-Temperature T (sampling only): `Softmax` divides the logits by T.
-`LogisticMixture` divides the component logits by T and multiplies every
-logistic's scale by T, leaving the means where they are: T < 1 picks likelier
-components more often and narrows each around its mean; T = 1 is the model.
+`Softmax`: a categorical over the `levels` of every sub-pixel, its logits in C mask groups (channel g's logits see
+channels < g of the pixel).  `LogisticMixture`: PixelCNN++'s discretized mixture of logistics, whose parameters see
+none of the pixel (one group).  Invariants: level l sits at 2l / (levels - 1) - 1 (layers.scale_input) and owns the
+bin of half-width 1 / (levels - 1) around it, the edge bins open to -inf and +inf, so the levels' probabilities sum
+to 1 exactly; each sub-pixel's distribution given the pixel's channels already drawn is exact, and a pixel's NLL is
+the sum of its sub-pixels'; every sampler draws sub-pixel ch by inverse CDF at a given uniform (`draw`), so equal
+parameters give equal images from the same noise.
 """
 
 from __future__ import annotations
@@ -55,7 +20,8 @@ LOG_SCALE_MIN = -7.0  # log-scales are clamped here (as openai's code): a scale 
 
 
 def log_sigmoid_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(sigmoid(b) - sigmoid(a)) for b > a, stable everywhere.
+    """log(sigmoid(b) - sigmoid(a)) for b > a, in closed form: stable in float32 for any bin, where openai's code
+    switches to the density at the bin centre.
 
     sigmoid(b) - sigmoid(a) = sinh((b - a) / 2) / (2 cosh(a / 2) cosh(b / 2)); with y = (b - a) / 2,
     log sinh(y) = y + log(-expm1(-2y)) - log 2 and log cosh(z / 2) = |z| / 2 + softplus(-|z|) - log 2.
@@ -87,8 +53,6 @@ def reduce(nats: torch.Tensor, reduction: str) -> torch.Tensor:
 
 class Softmax:
     """A `levels`-way categorical per sub-pixel; the network's output is (B, levels, C, H, W) logits."""
-
-    name = "softmax"
 
     def __init__(self, *, levels: int, image_channels: int) -> None:
         self.levels, self.image_channels = levels, image_channels
@@ -132,13 +96,18 @@ def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor, *, levels: int) -> torch.Ten
 
 
 class LogisticMixture:
-    """K discretized logistics per pixel, coupled across RGB; the network's output is (B, P, H, W) parameters.
+    """K discretized logistics per pixel, coupled across RGB (Salimans et al. 2017; openai/pixel-cnn
+    `discretized_mix_logistic_loss`); the network's output is (B, P, H, W) parameters.
+
+    Each component has a mean and a log-scale per channel and, for RGB, coefficients that move G's mean by R and B's
+    by R and G (mean_G = mu_G + alpha R, mean_B = mu_B + beta R + gamma G, R and G in [-1, 1]), so that
+    p(r, g, b) = sum_k pi_k p_k(r) p_k(g | r) p_k(b | r, g).  The distribution of G given R weights the components
+    by their posterior given R (`_conditional`), and likewise for B.  Temperature T (sampling only) divides the
+    component logits by T and multiplies every scale by T, leaving the means where they are.
 
     P = K (component logits) + C K (means) + C K (log-scales) + C (C - 1) / 2 K (coefficients, RGB):
     30 for gray and 100 for RGB at K = 10.  Along P: [logits | means (C, K) | log-scales (C, K) | coefficients].
     """
-
-    name = "logistic_mixture"
 
     def __init__(self, *, levels: int, image_channels: int, mixtures: int) -> None:
         self.levels, self.image_channels, self.mixtures = levels, image_channels, mixtures
@@ -215,7 +184,8 @@ class LogisticMixture:
         return torch.logsumexp(log_w[:, None] + lp, dim=-1)
 
     def cdf(self, params: torch.Tensor, pixel: torch.Tensor, ch: int, temperature: float) -> torch.Tensor:
-        """P(x_ch <= l | x_<ch) for l = 0 .. levels - 2 (the last is 1), float64 (N, levels - 1)."""
+        """P(x_ch <= l | x_<ch) for l = 0 .. levels - 2 (the last is 1), float64 (N, levels - 1): at each upper bin
+        edge, sum_k w_k sigmoid((edge - mean_k) / s_k), cheaper than the log-probabilities of `level_logits`."""
         log_w, mean, log_scale = self._conditional(params, pixel, ch, temperature)
         half = 1.0 / (self.levels - 1)
         upper = torch.arange(self.levels - 1, device=params.device, dtype=torch.float64) * (2 * half) - 1 + half

@@ -1,23 +1,12 @@
 """Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
 
-Two stacks remove the plain PixelCNN's blind spot:
-
-- the vertical stack sees every pixel in the rows above: its conv has a
-  (k//2 + 1) x k kernel over input rows i - k//2 .. i (padding k//2 on top,
-  left and right, none below).  Its output at row i includes row i itself,
-  so the horizontal stack only ever reads it shifted down by one row
-  (`shift_down`), i.e. at row i it sees rows < i.
-- the horizontal stack sees the current row up to the current pixel: its conv
-  has a 1 x (k//2 + 1) kernel over columns j - k//2 .. j (padding k//2 on the
-  left), with the centre tap masked by colour group, type A in the first
-  layer (a sub-pixel never sees itself) and type B after (see masks.py).
-
-Each stack's conv gives 2p channels, gated as tanh(a) * sigmoid(b); channel o
-of a pairs with channel o of b, so both halves share one colour grouping.
-The horizontal stack has residual connections (after the first layer) and
-every layer contributes a skip connection; the head reads their sum.  With
-`conditional`, a learned embedding of the class label is added to both
-stacks' pre-activations in every layer.
+Two stacks remove the plain PixelCNN's blind spot.  The vertical stack's (k//2 + 1) x k conv reads rows i - k//2 .. i,
+so the horizontal stack reads it shifted down a row (`shift_down`: rows < i).  The horizontal stack's 1 x (k//2 + 1)
+conv reads columns j - k//2 .. j of the current row, its centre tap masked by colour group (type A in the first layer,
+B after: masks.py).  Each stack's conv gives 2p channels gated as tanh(a) * sigmoid(b), channel o of a paired with
+channel o of b so that both halves share one colour grouping.  The horizontal stack is residual after the first
+layer, every layer adds a skip connection (the head reads their sum), and with `conditional` a class embedding is
+added to both stacks' pre-activations in every layer.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, MaskedHead, in_float32, make_norm, scale_input, shift_down
+from pixelnet.model.layers import Conv, MaskedConv2d, MaskedHead, in_float32, make_norm, scale_input, shift_down
 from pixelnet.model.masks import conv_mask
 
 
@@ -68,13 +57,19 @@ class GatedLayer(nn.Module):
         v_pre = self.vertical(F.pad(v, (r, r, r, 0)))  # (B, 2p, H, W), row i sees rows i - r .. i
         h_pre = F.conv2d(F.pad(h, (r, 0, 0, 0)), self.horizontal.weight * self.h_mask, self.horizontal.bias)
         h_pre = h_pre + self.v_to_h(shift_down(v_pre))  # the vertical stack, rows < i only
+        cond_v = cond_h = None
         if self.embed is not None:
             cond_v, cond_h = self.embed(labels)[:, :, None, None].to(v_pre.dtype).chunk(2, dim=1)
-            v_pre, h_pre = v_pre + cond_v, h_pre + cond_h
-        h_gated = gate(h_pre)
-        skip = self.skip(h_gated)
-        h_new = self.norm(self.h_out(h_gated))
-        return gate(v_pre), (h + h_new if self.residual else h_new), skip
+        h, skip = self.step(h, h_pre, cond_h, h_out=lambda x: self.norm(self.h_out(x)), skip=self.skip)
+        return gate(v_pre if cond_v is None else v_pre + cond_v), h, skip
+
+    def step(self, h: torch.Tensor, h_pre: torch.Tensor, cond: torch.Tensor | None, *, h_out: Conv, skip: Conv):
+        """The horizontal stack after its conv: (h', skip) from the layer's input h and h_pre, its conv plus v_to_h
+        of the vertical stack above.  The 1x1 convs are functions: the forward pass gives its modules, the
+        incremental sampler (sampling/gated.py) functions of one position."""
+        gated = gate(h_pre if cond is None else h_pre + cond)
+        new = h_out(gated)
+        return (h + new if self.residual else new), skip(gated)
 
 
 class GatedPixelCNN(nn.Module):

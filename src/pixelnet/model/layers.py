@@ -1,14 +1,11 @@
 """Masked convolutions, the PixelCNN residual block and head, input scaling and the shifts (plain PyTorch).
 
-`MaskedConv2d` keeps its mask as a buffer and multiplies the weight by it in
-`forward`, so masked taps stay zero whatever the optimizer does to them and a
-loaded state dict needs no fixing up (the multiply costs microseconds: the
-weights are small).  The output at (i, j) is centred on input (i, j), and the
-mask removes the taps that would look at later positions.  Every row of a
-k x k mask below the centre is zero, so `forward` convolves with the top
-k // 2 + 1 rows only, padding k // 2 rows above and none below: the same
-result as the full masked k x k conv with padding k // 2, for (k + 1) / 2k of
-its work (2 x 3 taps instead of 3 x 3, 4 x 7 instead of 7 x 7).
+`MaskedConv2d` multiplies its weight by its mask (a buffer) in `forward`, so masked taps stay zero whatever the
+optimizer does and a loaded state dict needs no fixing up.  Its output at (i, j) is centred on input (i, j); every
+row of a k x k mask below the centre is zero, so it convolves with the top k // 2 + 1 rows only (padding k // 2 above,
+none below): the full masked conv's result for (k + 1) / 2k of its work.  A block's `step` is its math with the
+convs given as functions: `forward` passes its modules, the incremental sampler (sampling/pixelcnn.py) functions
+that compute one position from its caches.
 """
 
 from __future__ import annotations
@@ -20,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.masks import conv_mask
+
+Conv = Callable[[torch.Tensor], torch.Tensor]
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -112,9 +111,16 @@ class ResidualBlock(nn.Module):
         self.norm_out = make_norm(norm, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.norm_in(self.conv_in(F.relu(x)))
-        a = self.norm_mid(self.conv_mid(F.relu(a)))
-        return x + self.norm_out(self.conv_out(F.relu(a)))
+        return self.step(x, conv_in=lambda a: self.norm_in(self.conv_in(a)),
+                         conv_mid=lambda a: self.norm_mid(self.conv_mid(a)),
+                         conv_out=lambda a: self.norm_out(self.conv_out(a)))
+
+    @staticmethod
+    def step(x: torch.Tensor, *, conv_in: Conv, conv_mid: Conv, conv_out: Conv) -> torch.Tensor:
+        """The block's math, each conv (with the norm after it) given as a function."""
+        a = conv_in(F.relu(x))
+        a = conv_mid(F.relu(a))
+        return x + conv_out(F.relu(a))
 
 
 class MaskedHead(nn.Module):
@@ -127,4 +133,9 @@ class MaskedHead(nn.Module):
         self.out = MaskedConv2d(channels, out_channels, kernel_size=1, mask_type="B", groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(F.relu(self.hidden(F.relu(x))))
+        return self.step(x, hidden=self.hidden, out=self.out)
+
+    @staticmethod
+    def step(x: torch.Tensor, *, hidden: Conv, out: Conv) -> torch.Tensor:
+        """The head's math, its convs given as functions."""
+        return out(F.relu(hidden(F.relu(x))))

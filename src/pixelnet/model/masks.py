@@ -1,16 +1,10 @@
 """Autoregressive masks for convolutions over raster order and colour channels.
 
-Convention: pixels are generated row by row, left to right, and within a
-pixel channel by channel (R, then G, then B).  Feature maps of a colour model
-are split into `groups` contiguous blocks of channels, block g belonging to
-image channel g.  A k x k mask (k odd, centre at k // 2) keeps every tap in the
-rows above the centre and to the left of it in the centre row.  At the centre
-tap itself, an output in group g may read an input in group h when
-
-    type "A" (first layer, the pixel never sees itself):  h <  g
-    type "B" (later layers, features may see themselves): h <= g
-
-With one group (grayscale) type A drops the centre tap and type B keeps it.
+Pixels are generated row by row, left to right, and within a pixel channel by channel (R, then G, then B).  A colour
+model's feature maps are split into `groups` contiguous blocks of channels, block g belonging to image channel g.  A
+k x k mask (k odd, centre k // 2) keeps every tap in the rows above the centre and left of it in the centre row; at
+the centre tap an output in group g reads an input in group h when h < g (type "A", the first layer: a sub-pixel never
+sees itself) or h <= g (type "B", later layers).  With one group (grayscale) type A drops the centre tap, B keeps it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""The PixelCNN network.
+"""PixelCNN (van den Oord et al. 2016): a masked k x k type-A conv, residual blocks of type-B masked convs, and a
+masked 1x1 head giving the output distribution's parameters (model/distributions.py).
 
-PixelCNN (van den Oord et al. 2016) as the project's seed describes it: a
-masked k x k type-A convolution, residual blocks around type-B masked
-convolutions, and a 1x1 head giving the parameters of the output distribution
-(model/distributions.py): `levels` logits for every sub-pixel (softmax), or a
-pixel's logistic mixture.
-
-Inputs are integer intensity levels; `scale_input` (layers.py) is the one
-place where they become network values.  With `conditional`, a learned
-per-class bias is added after the input conv and after every block.  Outputs are what the distribution's
-`arrange` makes of the head: softmax logits (B, levels, C, H, W), which is what `F.cross_entropy` takes
-against targets (B, C, H, W), or mixture parameters (B, P, H, W).
+Inputs are integer levels (`scale_input` makes them network values).  With `conditional`, a learned per-class
+bias is added after the input conv and after every block.  The output is what the distribution's `arrange` makes of
+the head: softmax logits (B, levels, C, H, W), or mixture parameters (B, P, H, W).
 """
 
 from __future__ import annotations

@@ -1,52 +1,19 @@
-"""PixelCNN++ (Salimans et al. 2017; openai/pixel-cnn `pixel_cnn_pp/model.py`), for any image size.
+"""PixelCNN++ (Salimans et al. 2017; openai/pixel-cnn `pixel_cnn_pp/model.py`), any image size (docs/architectures.md).
 
-Two streams of shifted convolutions replace masks, so there is no blind spot:
-
-- the u stream sees every pixel in the rows above.  Its (2, 3) "down-shifted"
-  convs read rows i - 1 .. i and columns j - 1 .. j + 1 of the layer below;
-  its first layer's output is shifted down a row, so u at row i sees rows < i;
-- the ul stream sees the rows above and the current row left of the pixel.
-  Its (2, 2) "down-right-shifted" convs read rows i - 1 .. i, columns
-  j - 1 .. j; its first layer is a (1, 3) conv shifted down plus a (2, 1) conv
-  shifted right, so ul at (i, j) sees rows < i and row i left of j.
-
-Neither ever sees the current pixel, so the head gives the whole pixel's
-distribution: the discretized logistic mixture (its RGB coefficients make G
-depend on R, B on R and G), the paper's, or a softmax.  For a softmax over RGB
-the head adds the current pixel's earlier channels through a masked 1x1 conv
-(type A), so channel g's logits see channels < g, as with the masked models.
-
-Blocks: `resnet_layers` gated ResNet layers a block.  Up the network, one
-block per resolution level (`resolutions`, 3 in the paper: 32 -> 16 -> 8 for
-32x32), each level after the first entered by a stride-2 conv; down it, one
-block per level again (one more layer in each block after the first),
-entered by a stride-2 transposed conv.  Every layer down the network takes
-the matching layer up it as a short-cut input (U-Net: block 1 to 6, 2 to 5,
-3 to 4 in the paper); `Shortcuts` numbers those maps, for this forward pass
-and the incremental sampler alike.  A gated ResNet layer is
-
-    c = conv(elu2(x)) [+ nin(elu2(a)), the short-cut];  c = dropout(elu2(c))
-    x + A * sigmoid(B),  (A, B) = conv(c) [+ class embedding]
-
-with elu2 the concatenated ELU [elu(x), elu(-x)], and dropout elementwise
-(torch Dropout, the paper's; pclucas14's port uses Dropout2d).
-
-Odd sizes: a level of size H x W has the level below it at ceil(H / 2) x
-ceil(W / 2) (the stride-2 convs pad on the top and sides only), and a
-transposed conv's output is cropped on the bottom and right to the size of
-the level above.  Any size works, and 28x28 goes 28 -> 14 -> 7.
-
-The input gets a channel of ones (openai's), so the zero padding at the
-borders differs from a black pixel.  Weight normalization (`norm: weight`,
-the default for this architecture) reparameterizes every conv except the
-softmax head's masked ones; openai's data-dependent init is not done.
+Two streams of shifted convs replace masks: u sees the rows above, ul the rows above and the current row left of the
+pixel.  Neither sees the current pixel, so the head gives the whole pixel's distribution (a softmax over RGB adds the
+pixel's earlier channels through a type-A masked 1x1 conv).  Gated ResNet layers run in blocks, one a resolution level
+up the network (each level after the first entered by a stride-2 conv: H x W has ceil(H / 2) x ceil(W / 2) below it)
+and one a level down it (entered by a stride-2 transposed conv, cropped to the level's size), each layer down reading
+the matching layer up as a short-cut.  `resolution_levels` is the one description of the order blocks run: forward
+and the incremental form (sampling/pixelcnnpp.py) both walk it.  The input gets a channel of ones (openai's), so the
+zero padding differs from a black pixel.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -54,9 +21,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from pixelnet.model.config import ModelConfig
-from pixelnet.model.layers import MaskedConv2d, in_float32, scale_input, shift_down, shift_right
-
-Conv = Callable[[torch.Tensor], torch.Tensor]
+from pixelnet.model.layers import Conv, MaskedConv2d, in_float32, scale_input, shift_down, shift_right
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +35,7 @@ ACTIVATIONS: dict[str, tuple[Conv, int]] = {"concat_elu": (concat_elu, 2), "elu"
 
 
 def normed(module: nn.Module, weight_norm: bool) -> nn.Module:
+    """Weight normalization (model.norm weight), which every conv but the softmax head's masked ones gets."""
     if not weight_norm:
         return module
     dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0  # per output feature
@@ -97,7 +63,6 @@ class ShiftedConv2d(nn.Module):
                  stride: int = 1, weight_norm: bool = True) -> None:
         super().__init__()
         kh, kw = kernel
-        self.shift = shift
         self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0) if shift == "down" else (kw - 1, 0, kh - 1, 0)
         self.conv = normed(nn.Conv2d(in_channels, out_channels, kernel, stride=stride), weight_norm)
 
@@ -111,9 +76,9 @@ class ShiftedDeconv2d(nn.Module):
 
     def __init__(self, channels: int, *, shift: str, weight_norm: bool = True) -> None:
         super().__init__()
-        self.kernel = (2, 3) if shift == "down" else (2, 2)
         self.left = 1 if shift == "down" else 0
-        self.conv = normed(nn.ConvTranspose2d(channels, channels, self.kernel, stride=2), weight_norm)
+        kernel = (2, 3) if shift == "down" else (2, 2)
+        self.conv = normed(nn.ConvTranspose2d(channels, channels, kernel, stride=2), weight_norm)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self.crop(self.conv(x), size)
@@ -126,7 +91,11 @@ class ShiftedDeconv2d(nn.Module):
 
 
 class GatedResnet(nn.Module):
-    """x + A * sigmoid(B) of the module docstring; `shortcuts` feature maps of short-cut input (0, 1 or 2)."""
+    """x + A * sigmoid(B), (A, B) = conv_out(dropout(elu2(conv_in(elu2(x)) [+ nin_skip(elu2(a))]))) [+ class embedding].
+
+    elu2 is the activation: the concatenated ELU [elu(x), elu(-x)] (the paper's) or elu; dropout is elementwise (the
+    paper's; pclucas14's port uses Dropout2d).  a is `shortcuts` (0, 1 or 2) feature maps of short-cut input.
+    """
 
     def __init__(self, channels: int, *, shift: str, shortcuts: int, dropout: float, n_classes: int,
                  weight_norm: bool, activation: str = "concat_elu") -> None:
@@ -199,42 +168,35 @@ class CausalAttention(nn.Module):
         return self.qkv(F.elu(x + self.position.to(x.dtype)))
 
 
-@dataclass(frozen=True)
-class Shortcuts:
-    """The U-Net's wiring: where the pass up the network keeps its u and ul maps, and which one each layer down it
-    reads as its short-cut input.  `PixelCNNPP.forward` and the incremental form both walk it.
+class Stream(NamedTuple):
+    """One stream's modules at one resolution level."""
 
-    The maps are numbered in the order the pass up makes them: at each level, the level's input (the streams'
-    first maps at level 0, the stride-2 convs' output after), then each layer's output.  The pass down starts
-    from the last one and reads the others last made, first read (a stack).
+    up: list[GatedResnet]  # the layers of the pass up
+    down: list[GatedResnet]  # the layers of the pass down
+    downsize: ShiftedConv2d | None  # the stride-2 conv from this level to the next coarser one, None at the coarsest
+    upsize: ShiftedDeconv2d | None  # the transposed conv from the next coarser level to this one, None at the coarsest
+
+
+class Level(NamedTuple):
+    """One resolution level of `PixelCNNPP`: its size, the short-cut maps made and read there, each stream's modules.
+
+    The maps of the pass up are numbered in the order it makes them: at each level the level's input (the streams'
+    first maps at level 0, the stride-2 convs' output after), then each layer's output.  The pass down starts from
+    the last one, and each of its layers reads the map made at the mirror position up (U-Net: last made, first read).
     """
 
-    level: tuple[int, ...]  # map e's resolution level
-    up: tuple[tuple[int, ...], ...]  # per level: the maps its up block makes, the level's input first
-    start: int  # the map the pass down starts from
-    down: tuple[tuple[int, ...], ...]  # per down block: the map each of its layers reads
-
-    @classmethod
-    def of(cls, up_layers: list[int], down_layers: list[int]) -> Shortcuts:
-        """The wiring of up blocks with up_layers[k] layers at level k and down blocks with down_layers[d]."""
-        level: list[int] = []
-        up = []
-        for k, layers in enumerate(up_layers):
-            up.append(tuple(range(len(level), len(level) + 1 + layers)))
-            level += [k] * (1 + layers)
-        stack = list(range(len(level)))
-        start = stack.pop()
-        down = tuple(tuple(stack.pop() for _ in range(layers)) for layers in down_layers)
-        if stack:
-            raise ValueError(f"{len(stack)} maps of the pass up are never read down the network")
-        return cls(tuple(level), tuple(up), start, down)
+    size: tuple[int, int]
+    makes: tuple[int, ...]  # the maps the pass up makes here, the level's input first
+    reads: tuple[int, ...]  # the map each layer of the pass down reads
+    u: Stream
+    ul: Stream
 
 
 class PixelCNNPP(nn.Module):
     """PixelCNN++: u and ul streams, `resolutions` levels up and down with U-Net short-cuts."""
 
     # Activation layout.  NCHW: channels-last trained 0.86x as fast in fp32 and within noise of it in bf16 on a
-    # 2-core AVX-512 CPU (benchmarks/bench_training_pp.py, row cl; docs/training.md).
+    # 2-core AVX-512 CPU (benchmarks/bench_training.py --model params, row cl; docs/training.md).
     memory_format: torch.memory_format = torch.contiguous_format
 
     def __init__(self, config: ModelConfig) -> None:
@@ -263,12 +225,12 @@ class PixelCNNPP(nn.Module):
         self.upsize = nn.ModuleList(nn.ModuleList([
             ShiftedDeconv2d(f, shift="down", weight_norm=wn),
             ShiftedDeconv2d(f, shift="down_right", weight_norm=wn)]) for _ in range(levels - 1))
-        self.shortcuts = Shortcuts.of([len(block) for block in self.up], [len(block) for block in self.down])
         # model.attention: causal self-attention over the ul stream at the lowest level, where the pass down starts.
         self.attention = CausalAttention(f, self.sizes()[-1], heads=ATTENTION_HEADS if f % ATTENTION_HEADS == 0
                                          else 1, weight_norm=wn) if config.attention else None
         out, g = self.distribution.out_channels, self.distribution.groups
         if config.head == "logistic_mixture":  # openai's: one 1x1 conv of elu(ul)
+            self.head_hidden = self.head_pixel = None
             self.head_out = normed(nn.Conv2d(f, out, 1), wn)
         else:  # a hidden layer, which a softmax over RGB needs to bring in the pixel's earlier channels
             self.head_hidden = normed(nn.Conv2d(f, f, 1), wn)
@@ -284,30 +246,44 @@ class PixelCNNPP(nn.Module):
             out.append((h, w))
         return out
 
+    def resolution_levels(self) -> list[Level]:
+        """The network by resolution level, finest first: the order of the pass up, and reversed of the pass down."""
+        last, made, levels = len(self.up) - 1, 0, []
+
+        def stream(s: int, k: int) -> Stream:  # every pair of modules is (u, ul), so s = 0 picks u and 1 ul
+            return Stream([pair[s] for pair in self.up[k]], [pair[s] for pair in self.down[last - k]],
+                          self.downsize[k][s] if k < last else None, self.upsize[last - 1 - k][s] if k < last else None)
+
+        for k, size in enumerate(self.sizes()):
+            makes = tuple(range(made, made + 1 + len(self.up[k])))
+            made += len(makes)
+            reads = makes[-2::-1] if k == last else makes[::-1]  # the pass down starts from the coarsest level's last
+            levels.append(Level(size, makes, reads, stream(0, k), stream(1, k)))
+        return levels
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, H, W) integer levels, labels (B,) when conditional -> the distribution's parameters."""
         xs = scale_input(x, self.config.levels)
         x_pad = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1).contiguous(memory_format=self.memory_format)
         u = shift_down(self.u_init(x_pad))
         ul = shift_down(self.ul_init_above(x_pad)) + shift_right(self.ul_init_left(x_pad))
-        us, uls = {}, {}  # the maps of the pass up, numbered as in self.shortcuts
-        for k, (block, maps) in enumerate(zip(self.up, self.shortcuts.up)):
-            if k > 0:
-                u, ul = self.downsize[k - 1][0](u), self.downsize[k - 1][1](ul)
-            us[maps[0]], uls[maps[0]] = u, ul
-            for (u_layer, ul_layer), e in zip(block, maps[1:]):
+        levels = self.resolution_levels()
+        us, uls = {}, {}  # the maps of the pass up, numbered as in Level
+        for level in levels:
+            us[level.makes[0]], uls[level.makes[0]] = u, ul
+            for u_layer, ul_layer, e in zip(level.u.up, level.ul.up, level.makes[1:]):
                 u = u_layer(u, None, labels)
                 ul = ul_layer(ul, u, labels)
                 us[e], uls[e] = u, ul
-        u, ul = us.pop(self.shortcuts.start), uls.pop(self.shortcuts.start)
+            if level.u.downsize is not None:
+                u, ul = level.u.downsize(u), level.ul.downsize(ul)
+        u, ul = us.pop(levels[-1].makes[-1]), uls.pop(levels[-1].makes[-1])
         if self.attention is not None:
             ul = self.attention(ul)
-        sizes = self.sizes()
-        for d, (block, reads) in enumerate(zip(self.down, self.shortcuts.down)):
-            if d > 0:
-                size = sizes[len(sizes) - 1 - d]
-                u, ul = self.upsize[d - 1][0](u, size), self.upsize[d - 1][1](ul, size)
-            for (u_layer, ul_layer), e in zip(block, reads):
+        for level in reversed(levels):
+            if level.u.upsize is not None:
+                u, ul = level.u.upsize(u, level.size), level.ul.upsize(ul, level.size)
+            for u_layer, ul_layer, e in zip(level.u.down, level.ul.down, level.reads):
                 u = u_layer(u, us.pop(e), labels)
                 ul = ul_layer(ul, torch.cat([u, uls.pop(e)], dim=1), labels)
         return self.distribution.arrange(in_float32(self.head, F.elu(ul), xs))
@@ -329,9 +305,15 @@ class PixelCNNPP(nn.Module):
 
     def head(self, features: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """The head's output from elu(ul) and the scaled image (whose current pixel only a softmax over RGB reads)."""
-        if self.config.head == "logistic_mixture":
-            return self.head_out(features)
-        hidden = self.head_hidden(features)
-        if self.head_pixel is not None:
-            hidden = hidden + self.head_pixel(xs)
-        return self.head_out(F.elu(hidden))
+        return self.head_step(features, xs, hidden=self.head_hidden, pixel=self.head_pixel, out=self.head_out)
+
+    @staticmethod
+    def head_step(features: torch.Tensor, xs: torch.Tensor, *, hidden: Conv | None, pixel: Conv | None,
+                  out: Conv) -> torch.Tensor:
+        """The head's math, its convs given as functions (None where the head has none)."""
+        if hidden is None:
+            return out(features)
+        h = hidden(features)
+        if pixel is not None:
+            h = h + pixel(xs)
+        return out(F.elu(h))

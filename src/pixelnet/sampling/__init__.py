@@ -11,6 +11,6 @@ Both samplers draw the same images from the same noise (tests/test_fast_sampling
 """
 
 from pixelnet.sampling.fast import complete, sample_fast
-from pixelnet.sampling.naive import sample_naive, sampling_noise
+from pixelnet.sampling.naive import sample_labels, sample_naive, sampling_noise
 
-__all__ = ["complete", "sample_fast", "sample_naive", "sampling_noise"]
+__all__ = ["complete", "sample_fast", "sample_labels", "sample_naive", "sampling_noise"]

@@ -1,20 +1,10 @@
-"""Fast exact sampling with per-layer caches, and image completion.
+"""Fast exact sampling from an architecture's incremental form, and image completion (docs/sampling.md).
 
-`sample_fast` takes the same arguments as `naive.sample_naive` and returns
-the same images: it draws every sub-pixel with the distribution's same `draw` from the same
-noise, from a distribution whose parameters equal the full forward pass's up
-to float rounding.  Instead of one forward pass per sub-pixel it asks the
-model's incremental form (`incremental`) for the head's output at one
-position (and colour group) at a time: about one
-forward pass of arithmetic in total, plus a fixed overhead per sub-pixel.
-A conditional model takes its class `labels`, as in sample_naive.
-
-An architecture gets fast sampling by providing an incremental form with
-the `Incremental` methods and an entry in `IMPLEMENTATIONS`; every
-architecture has one (tests/test_conformance.py checks), so the sample and
-complete stages need no fallback for a model without one.
-
-`complete` keeps the top rows of real images and samples the rest.
+`sample_fast` takes `sample_naive`'s arguments and returns its images: it draws every sub-pixel with the
+distribution's same `draw` from the same noise, from parameters equal to the forward pass's up to float rounding,
+which the model's incremental form computes one position and colour group at a time.  Every architecture has a form
+(`IMPLEMENTATIONS`: tests/test_conformance.py checks), so no stage needs a fallback.  `complete` keeps the top rows
+of real images and samples the rest.
 """
 
 from __future__ import annotations
@@ -48,6 +38,7 @@ class Incremental(Protocol):
 
         A softmax's groups are the image channels: group g's output is channel g's logits.  A
         logistic mixture has one group, the whole pixel's parameters, asked for once per pixel.
+        The result may be a view that the next call overwrites.
         """
 
     def write(self, i: int, j: int, ch: int, value: torch.Tensor) -> None:
@@ -62,6 +53,7 @@ IMPLEMENTATIONS: dict[type[nn.Module], Callable[[nn.Module, int, torch.Tensor | 
 }
 
 
+@torch.no_grad()  # the forms keep weights computed once (weight normalization, masks, folded norms)
 def incremental(model: nn.Module, n: int, labels: torch.Tensor | None = None) -> Incremental:
     """The incremental form of `model` for batches of n images (with class labels (n,) if conditional)."""
     form = IMPLEMENTATIONS.get(type(model))

@@ -1,61 +1,57 @@
-"""Exact one-position-at-a-time evaluation of `GatedPixelCNN`, for the fast sampler.
+"""The incremental form of `GatedPixelCNN`: the vertical stack a row at a time, the horizontal one a position at a time.
 
-The two stacks split the work by rows (see model/gated.py):
-
-- the vertical stack at row i reads rows i - r .. i of the layer below and
-  is read by the horizontal stack only at row i + 1.  So once row i - 1 is
-  final, `begin_row(i)` runs the whole vertical stack for row i - 1 with one
-  row-conv per layer, and keeps v_to_h of it for every column of row i;
-- the horizontal stack reads only the current row, up to the current pixel,
-  so each step computes position (i, j) through every layer with matmuls
-  over a one-row cache per layer (columns j - r .. j), plus the skips and
-  the head.
-
-Colour, softmax head: each step recomputes every feature at (i, j).  Features of groups
-later than the channel being drawn then hold values computed before that
-channel was written, but the masks give them zero weight in its logits,
-and they are recomputed at the step of their own channel.  A logistic mixture
-has one mask group: its step runs once per pixel, before R is drawn.
-
-BatchNorm (eval) after the residual 1x1 is folded into it, in float64 (fold.py).
+The vertical stack at row i is read by the horizontal stack only at row i + 1, so `begin_row(i)` runs the model's
+own vertical convs on row i - 1; each step runs every layer's horizontal conv at (i, j) as one matmul over a
+one-row cache, then the layer's own `step` and the head's.  A step computes every feature at (i, j): those of colour
+groups after the channel being drawn are stale, but the masks give them zero weight.  BatchNorm (eval) after the
+residual 1x1 is folded into it (fold.py).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixelnet.model.gated import GatedLayer, GatedPixelCNN, gate
-from pixelnet.model.layers import MaskedConv2d, scale_input
+from pixelnet.model.layers import Conv, MaskedConv2d, scale_input
 from pixelnet.sampling.fold import fold_norm
 
 
-def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module | None = None):
-    """A 1x1 conv (Cout, Cin, 1, 1), then optional eval BatchNorm -> (Cin, Cout) matrix and (Cout,) bias."""
-    w, b = fold_norm(weight[:, :, 0, 0], bias, norm)
-    return w.t().contiguous().to(weight.dtype), b.to(weight.dtype)
-
-
-def _masked(conv: MaskedConv2d, norm: nn.Module | None = None):
-    return _matrix(conv.masked_weight(), conv.bias, norm)
+def _linear(conv: MaskedConv2d, norm: nn.Module | None = None) -> Conv:
+    """A masked 1x1 conv, and the norm after it folded in, as a function of one position's inputs (N, Cin)."""
+    w, b = fold_norm(conv.masked_weight()[:, :, 0, 0], conv.bias, norm)
+    return functools.partial(F.linear, weight=w.to(conv.weight.dtype), bias=b.to(conv.weight.dtype))
 
 
 class _Layer:
-    """One GatedLayer's weights laid out for row convs (vertical) and one-position matmuls (horizontal)."""
+    """A GatedLayer's caches: its vertical input (N, Cin, H + r, W + 2r), padded r on the top, left and right, and the
+    current row of its horizontal input (N, W + r, Cin), channels last and padded r on the left."""
 
-    def __init__(self, layer: GatedLayer, cond: torch.Tensor | None) -> None:
-        self.r = layer.kernel_size // 2
-        self.p = layer.h_out.weight.shape[0]
-        self.residual = layer.residual
-        self.vertical = layer.vertical
-        hw = (layer.horizontal.weight * layer.h_mask)[:, :, 0, :]  # (2p, Cin, r + 1)
-        self.h_weight = hw.permute(2, 1, 0).reshape(-1, hw.shape[0]).contiguous()  # ((r + 1) * Cin, 2p), rows (column, Cin)
-        self.h_bias = layer.horizontal.bias
-        self.v_to_h = _matrix(layer.v_to_h.weight, layer.v_to_h.bias)
-        self.out = _masked(layer.h_out, layer.norm)
-        self.skip = _masked(layer.skip)
-        self.cond_v, self.cond_h = (cond.chunk(2, dim=1) if cond is not None else (None, None))  # (N, 2p) each
+    def __init__(self, layer: GatedLayer, n: int, size: tuple[int, int], labels: torch.Tensor | None) -> None:
+        (h, w), r, c_in = size, layer.kernel_size // 2, layer.vertical.in_channels
+        self.module, self.r, self.width = layer, r, w
+        self.v_in = layer.vertical.weight.new_zeros(n, c_in, h + r, w + 2 * r)
+        self.h_in = layer.vertical.weight.new_zeros(n, w + r, c_in)
+        hw = (layer.horizontal.weight * layer.h_mask)[:, :, 0]  # (2p, Cin, r + 1)
+        self.h_weight = hw.permute(2, 1, 0).reshape(-1, hw.shape[0]).contiguous()  # rows ordered (column, Cin)
+        self.h_out, self.skip = _linear(layer.h_out, layer.norm), _linear(layer.skip)
+        self.cond_v = self.cond_h = None  # (N, 2p, 1, 1) and (N, 2p)
+        if layer.embed is not None:
+            self.cond_v, self.cond_h = layer.embed(labels).chunk(2, dim=1)
+            self.cond_v = self.cond_v[:, :, None, None]
+        self.v_pre = layer.vertical.weight.new_zeros(n, 2 * layer.h_out.out_channels, 1, w)  # of the row above
+        self.h_pre_above: torch.Tensor | None = None  # (W, N, 2p): horizontal bias + v_to_h of the row above
+
+    def vertical(self, i: int) -> torch.Tensor:
+        """The vertical stack's output at final row i, (N, 2p, W), given this layer's input there."""
+        self.v_pre = self.module.vertical(self.v_in[:, :, i:i + self.r + 1])  # (N, 2p, 1, W): rows i - r .. i
+        return gate(self.v_pre if self.cond_v is None else self.v_pre + self.cond_v)[:, :, 0]
+
+    def put_row(self, i: int, v: torch.Tensor) -> None:
+        self.v_in[:, :, i + self.r, self.r:self.r + self.width] = v
 
 
 class GatedIncremental:
@@ -63,80 +59,49 @@ class GatedIncremental:
 
     def __init__(self, model: GatedPixelCNN, n: int, labels: torch.Tensor | None = None) -> None:
         cfg = model.config
-        self.n, self.levels, self.c, self.height, self.width = n, cfg.levels, cfg.image_channels, cfg.height, cfg.width
+        self.model, self.levels = model, cfg.levels
+        labels = labels.to(model.head.out.weight.device) if labels is not None else None
+        self.layers = [_Layer(layer, n, (cfg.height, cfg.width), labels) for layer in model.layers]
+        self.hidden, self.out = _linear(model.head.hidden), _linear(model.head.out)
         self.per_group = model.distribution.out_channels // model.distribution.groups
-        device, dtype = model.head.out.weight.device, model.head.out.weight.dtype
-        self.layers = [
-            _Layer(layer, layer.embed(labels.to(device)) if layer.embed is not None else None)
-            for layer in model.layers
-        ]
-        self.head = (_masked(model.head.hidden), _masked(model.head.out))
-        w, r0 = self.width, self.layers[0].r
-        # Vertical inputs, channels first, padded r on top, left and right: row i at i + r, column j at j + r.
-        self.v_cache = [torch.zeros(n, L.vertical.in_channels, self.height + L.r, w + 2 * L.r, device=device, dtype=dtype)
-                        for L in self.layers]
-        # Horizontal inputs of the current row, channels last, padded r on the left: column j at j + r.
-        self.h_row = [torch.zeros(n, w + L.r, L.vertical.in_channels, device=device, dtype=dtype) for L in self.layers]
-        self.image = torch.zeros(n, self.c, self.height, w, device=device, dtype=dtype)  # scaled levels
-        self.vh: list[torch.Tensor] = []  # per layer: v_to_h of the row above, (N, W, 2p)
-        self.done_rows = 0  # rows whose vertical stack is computed
-        self.r0 = r0
+        self.done_rows = 0  # rows whose vertical stack has run
 
-    def _vertical_row(self, i: int) -> None:
-        """Run the vertical stack on final row i of every layer; keep v_to_h(row i) for row i + 1."""
-        self.vh = []
-        for k, L in enumerate(self.layers):
-            rows = self.v_cache[k][:, :, i:i + L.r + 1]  # original rows i - r .. i
-            v_pre = F.conv2d(rows, L.vertical.weight, L.vertical.bias)[:, :, 0]  # (N, 2p, W)
-            wt, b = L.v_to_h
-            self.vh.append(torch.addmm(b, v_pre.transpose(1, 2).reshape(-1, v_pre.shape[1]), wt).view(self.n, self.width, -1))
-            if k + 1 < len(self.layers):
-                if L.cond_v is not None:
-                    v_pre = v_pre + L.cond_v[:, :, None]
-                nxt = self.layers[k + 1]
-                self.v_cache[k + 1][:, :, i + nxt.r, nxt.r:nxt.r + self.width] = gate(v_pre)
+    def _vertical(self, i: int) -> None:
+        """Row i of the image is final: run the vertical stack on it."""
+        for prev, layer in zip(self.layers, self.layers[1:]):
+            layer.put_row(i, prev.vertical(i))
+        self.layers[-1].vertical(i)
 
     def prefill(self, x: torch.Tensor) -> None:
         """Take given top rows x (N, C, R, W) of levels, R >= 0: write them and run their vertical stack."""
-        xs = scale_input(x, self.levels)
         for i in range(x.shape[2]):
-            self.image[:, :, i] = xs[:, :, i]
-            self.v_cache[0][:, :, i + self.r0, self.r0:self.r0 + self.width] = xs[:, :, i]
-            self._vertical_row(i)
+            self.layers[0].put_row(i, scale_input(x[:, :, i], self.levels))
+            self._vertical(i)
         self.done_rows = x.shape[2]
 
     def begin_row(self, i: int) -> None:
         while self.done_rows < i:
-            self._vertical_row(self.done_rows)
+            self._vertical(self.done_rows)
             self.done_rows += 1
-        if i == 0:  # shift_down feeds zeros into v_to_h above the first row
-            self.vh = [L.v_to_h[1].expand(self.n, self.width, -1) for L in self.layers]
-        self.h_row[0][:, self.r0:] = self.image[:, :, i].transpose(1, 2)
+        for layer in self.layers:  # the vertical stack of row i - 1 (zeros above row 0: shift_down)
+            pre = layer.module.v_to_h(layer.v_pre)[:, :, 0] + layer.module.horizontal.bias[:, None]  # (N, 2p, W)
+            layer.h_pre_above = pre.permute(2, 0, 1).contiguous()
 
     def output(self, i: int, j: int, g: int) -> torch.Tensor:
         """The head's group-g outputs (N, P / groups) at (i, j): a softmax's channel-g logits, or a pixel's mixture."""
-        skip = None
-        for k, L in enumerate(self.layers):
-            row = self.h_row[k]
-            window = row[:, j:j + L.r + 1].reshape(self.n, -1)  # columns j - r .. j: ((r + 1) * Cin)
-            pre = torch.addmm(L.h_bias + self.vh[k][:, j], window, L.h_weight)  # (N, 2p); bias broadcast per image
-            if L.cond_h is not None:
-                pre = pre + L.cond_h
-            gated = gate(pre)  # (N, p)
-            s = torch.addmm(L.skip[1], gated, L.skip[0])
-            skip = s if skip is None else skip + s
-            new = torch.addmm(L.out[1], gated, L.out[0])
-            h = row[:, j + L.r] + new if L.residual else new  # the layer's input at (i, j) is its residual
-            if k + 1 < len(self.layers):
-                nxt = self.layers[k + 1]
-                self.h_row[k + 1][:, j + nxt.r] = h
-        (w1, b1), (w2, b2) = self.head
-        hidden = torch.addmm(b1, F.relu(skip), w1).relu_()
-        out = torch.addmm(b2, hidden, w2)  # (N, P), grouped by mask group
+        skip = 0
+        for layer, after in zip(self.layers, [*self.layers[1:], None]):
+            window = layer.h_in[:, j:j + layer.r + 1].flatten(1)  # columns j - r .. j: (N, (r + 1) Cin)
+            h_pre = torch.addmm(layer.h_pre_above[j], window, layer.h_weight)
+            h_here = layer.h_in[:, j + layer.r]  # the layer's input at (i, j), its residual
+            h, s = layer.module.step(h_here, h_pre, layer.cond_h, h_out=layer.h_out, skip=layer.skip)
+            skip = skip + s
+            if after is not None:
+                after.h_in[:, j + after.r] = h
+        out = self.model.head.step(skip, hidden=self.hidden, out=self.out)  # (N, P), grouped by mask group
         return out[:, g * self.per_group:(g + 1) * self.per_group]
 
     def write(self, i: int, j: int, ch: int, value: torch.Tensor) -> None:
-        v = scale_input(value, self.levels)
-        self.image[:, ch, i, j] = v
-        self.h_row[0][:, j + self.r0, ch] = v
-        self.v_cache[0][:, ch, i + self.r0, j + self.r0] = v
+        first, v = self.layers[0], scale_input(value, self.levels)
+        first.v_in[:, ch, i + first.r, j + first.r] = v
+        first.h_in[:, j + first.r, ch] = v

@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from pixelnet.config import SampleConfig
+from pixelnet.errors import PixelNetError
+from pixelnet.model import ModelConfig
+
 RowWrapper = Callable[[Iterable[int]], Iterable[int]]  # wraps the range of rows drawn, e.g. in a progress bar
 
 
@@ -23,6 +27,26 @@ def sampling_noise(n: int, channels: int, height: int, width: int, *, seed: int)
     """Uniforms in [0, 1), float64, shaped (n, C, H, W): one per sub-pixel to draw."""
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, channels, height, width, generator=gen, dtype=torch.float64)
+
+
+def sample_labels(cfg: SampleConfig, mcfg: ModelConfig) -> tuple[torch.Tensor | None, int | None]:
+    """Class labels (n,) to draw for a conditional model, and the number of classes that take turns (None if none).
+
+    With sample.label set, every image is of that class.  Otherwise the classes
+    take turns, image k of class k mod classes: every class is drawn equally
+    often, any `classes` consecutive images hold one of each, and the grid's
+    columns each hold one class.
+    """
+    if not mcfg.conditional:
+        if cfg.label is not None:
+            raise PixelNetError(f"sample.label={cfg.label} needs a conditional model (model.conditional: true); "
+                                "this model is unconditional: drop the label")
+        return None, None
+    if cfg.label is not None:
+        if cfg.label >= mcfg.n_classes:
+            raise PixelNetError(f"sample.label={cfg.label} is not a class of this model: use 0 .. {mcfg.n_classes - 1}")
+        return torch.full((cfg.n,), cfg.label, dtype=torch.long), None
+    return torch.arange(cfg.n) % mcfg.n_classes, mcfg.n_classes
 
 
 @torch.no_grad()

@@ -1,45 +1,24 @@
-"""Exact incremental evaluation of `PixelCNNPP`, for the fast sampler (after Ramachandran, Paine et al. 2017,
-PrajitR/fast-pixel-cnn `fast_pixel_cnn_pp/`).
+"""The incremental form of `PixelCNNPP` (after Ramachandran, Paine et al. 2017, fast_pixel_cnn_pp; docs/sampling.md).
 
-Every conv keeps its input in a padded buffer, written as the values it
-reads become final, and is evaluated only where a new output is due:
-
-- the u stream at row r of a level depends only on rows above it, so it is
-  computed a whole row at a time: when full-resolution row i begins, every
-  level k with i divisible by 2^k computes its row i / 2^k, up the network
-  (finest level first: a stride-2 conv's row needs the two rows above it of
-  the level below) and then down it (coarsest first: a transposed conv's
-  output row needs its input row of the level below);
-- the ul stream at (r, c) depends on the rows above and the row left of c,
-  so it is computed a position at a time: at full-resolution pixel (i, j),
-  before it is drawn, every level k with i and j divisible by 2^k computes
-  its position (i / 2^k, j / 2^k), up then down as above.  A level at 1/s
-  resolution thus updates every s-th row and column;
-- a transposed conv computes its outputs once, when its input is computed,
-  into a buffer that the level above reads at later rows and positions
-  (2 rows of the u stream, 2 x 2 positions of the ul stream).
-
-The head then gives the pixel's outputs.  A logistic mixture has one group,
-asked for once per pixel.  A softmax over RGB asks for group g after
-channels < g are written: the streams are computed at g = 0 and each group
-reruns only the head's 1x1 layers with the pixel's channels written so far.
-
-Values are the full forward pass's up to float rounding: the same weights
-(weight normalization evaluated once), the same zero padding and shifts.
-The structure is the model's own: each gated ResNet layer runs its `GatedResnet.step`
-with convs that compute a row or a position from buffers, transposed convs crop with
-their module's `crop`, and the short-cut maps follow `model.shortcuts`, as forward does.
+Every conv keeps its input in a padded buffer, written as the values it reads become final, and computes only where a
+new output is due.  The u stream reads only the rows above, so it runs a row at a time, the ul stream a position at a
+time; both walk the model's `resolution_levels` as forward does (`_walk`): a level at 1/2^k resolution runs at the
+full-resolution rows (and columns) divisible by 2^k, up the network finest first, then down it coarsest first, a
+transposed conv writing its outputs into the finer level's buffer when its input is computed.  Gated ResNet layers
+run their own `GatedResnet.step`, transposed convs crop with their module's `crop`, the head is `head_step`.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from pixelnet.model.layers import scale_input
-from pixelnet.model.pixelcnnpp import GatedResnet, PixelCNNPP, ShiftedConv2d, ShiftedDeconv2d, concat_elu
+from pixelnet.model.layers import Conv, MaskedConv2d, scale_input
+from pixelnet.model.pixelcnnpp import GatedResnet, PixelCNNPP, ShiftedConv2d, ShiftedDeconv2d, Stream, concat_elu
 
 
 def _concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -59,14 +38,13 @@ class _Conv:
 
     def __init__(self, module: ShiftedConv2d, n: int, size: tuple[int, int]) -> None:
         conv = module.conv
-        self.weight, self.bias = conv.weight.detach(), conv.bias.detach()
+        self.weight, self.bias = conv.weight, conv.bias
         c_out, c_in, self.kh, self.kw = self.weight.shape
         self.stride = conv.stride[0]
         self.left, right, self.top, _ = module.pad
         self.matrix = self.weight.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()  # rows (kh, kw, Cin)
         h, w = size
         self.buf = self.weight.new_zeros(n, h + self.top, w + self.left + right, c_in)
-        self.at: tuple[int, int | None] = (0, None)  # where `here` puts and computes
 
     def put(self, r: int, j: int | None, value: torch.Tensor) -> None:
         """Input row r (value (N, Cin, W)) or input position (r, j) (value (N, Cin)) is final."""
@@ -75,9 +53,8 @@ class _Conv:
         else:
             self.buf[:, r + self.top, j + self.left] = value
 
-    def here(self, value: torch.Tensor) -> torch.Tensor:
-        """Put the input at `self.at` (row (r, None) or position (r, j)) and return the output there."""
-        r, j = self.at
+    def here(self, r: int, j: int | None, value: torch.Tensor) -> torch.Tensor:
+        """Put the input at row r (j None) or position (r, j) and return the output there."""
         self.put(r, j, value)
         return self(r, j)
 
@@ -90,11 +67,15 @@ class _Conv:
         return torch.addmm(self.bias, window, self.matrix)
 
 
-def _nin(weight: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv (weight (Cout, Cin, 1, 1)) of a row (N, Cin, W) or a position (N, Cin)."""
-    if v.dim() == 3:
-        return F.conv1d(v, weight[:, :, :, 0], bias)
-    return torch.addmm(bias, v, weight[:, :, 0, 0].t())
+def _nin(conv: nn.Conv2d) -> Conv:
+    """A 1x1 conv (its weight normalized or masked once) as a function of a row (N, Cin, W) or a position (N, Cin)."""
+    weight, bias = (conv.masked_weight() if isinstance(conv, MaskedConv2d) else conv.weight), conv.bias
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        if v.dim() == 3:
+            return F.conv1d(v, weight[:, :, :, 0], bias)
+        return torch.addmm(bias, v, weight[:, :, 0, 0].t())
+    return apply
 
 
 class _Resnet:
@@ -103,26 +84,24 @@ class _Resnet:
     def __init__(self, layer: GatedResnet, n: int, size: tuple[int, int], labels: torch.Tensor | None) -> None:
         self.layer = layer
         self.conv_in, self.conv_out = _Conv(layer.conv_in, n, size), _Conv(layer.conv_out, n, size)
-        skip = layer.nin_skip
-        self.nin = None if skip is None else functools.partial(_nin, skip.weight.detach(), skip.bias.detach())
-        self.cond = layer.embed(labels).detach() if layer.embed is not None else None
+        self.nin = None if layer.nin_skip is None else _nin(layer.nin_skip)
+        self.cond = layer.embed(labels) if layer.embed is not None else None
+        self.elu = _concat_elu if layer.elu is concat_elu else layer.elu
 
     def __call__(self, r: int, j: int | None, x: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output at row r (x (N, F, W)) or at (r, j) (x (N, F)); inputs there are final."""
         cond = self.cond if self.cond is None or j is not None else self.cond[:, :, None]
-        self.conv_in.at = self.conv_out.at = (r, j)
-        return self.layer.step(x, a, cond, conv_in=self.conv_in.here, conv_out=self.conv_out.here, nin=self.nin,
-                               elu=_concat_elu if self.layer.elu is concat_elu else self.layer.elu)
+        return self.layer.step(x, a, cond, conv_in=functools.partial(self.conv_in.here, r, j),
+                               conv_out=functools.partial(self.conv_out.here, r, j), nin=self.nin, elu=self.elu)
 
 
 class _Deconv:
-    """A ShiftedDeconv2d writing its outputs for one input row or position into the level above's buffer."""
+    """A ShiftedDeconv2d writing its outputs for one input row or position into the finer level's buffer `out`."""
 
     def __init__(self, module: ShiftedDeconv2d, n: int, size: tuple[int, int]) -> None:
         self.module = module
-        conv = module.conv
-        self.weight, self.bias = conv.weight.detach(), conv.bias.detach()  # (Cin, Cout, 2, kw)
-        self.out = self.weight.new_zeros(n, self.weight.shape[1], *size)  # the level above's input, (N, F, H, W)
+        self.weight, self.bias = module.conv.weight, module.conv.bias  # (Cin, Cout, 2, kw)
+        self.out = self.weight.new_zeros(n, self.weight.shape[1], *size)  # (N, F, H, W) of the finer level
 
     def __call__(self, r: int, j: int | None, v: torch.Tensor) -> None:
         size = self.out.shape[2:]
@@ -134,128 +113,91 @@ class _Deconv:
             self.out[:, :, 2 * r:2 * r + 2, 2 * j:2 * j + 2] = self.module.crop(block, size, (2 * r, 2 * j))
 
 
+def _index(r: int, c: int | None) -> tuple:
+    """The index of row r (c None: (N, F, W)) or position (r, c) ((N, F)) of a map (N, F, H, W)."""
+    return (..., r, slice(None) if c is None else c)
+
+
+class _Stream(NamedTuple):
+    """One stream's parts at one level (model.pixelcnnpp.Stream), with buffers of their inputs."""
+
+    up: list[_Resnet]
+    down: list[_Resnet]
+    downsize: _Conv | None
+    upsize: _Deconv | None
+
+    @classmethod
+    def of(cls, stream: Stream, n: int, size: tuple[int, int], labels: torch.Tensor | None) -> _Stream:
+        return cls([_Resnet(layer, n, size, labels) for layer in stream.up],
+                   [_Resnet(layer, n, size, labels) for layer in stream.down],
+                   None if stream.downsize is None else _Conv(stream.downsize, n, size),
+                   None if stream.upsize is None else _Deconv(stream.upsize, n, size))
+
+
 class PixelCNNPPIncremental:
     """Per-conv buffers and a one-position step for a `PixelCNNPP` in eval mode, batch size n."""
 
     def __init__(self, model: PixelCNNPP, n: int, labels: torch.Tensor | None = None) -> None:
         cfg = model.config
-        self.n, self.c, self.levels, self.width = n, cfg.image_channels, cfg.levels, cfg.width
-        self.mixture = cfg.head == "logistic_mixture"
+        self.model, self.levels, self.width = model, cfg.levels, cfg.width
         weight = model.u_init.conv.weight
         labels = labels.to(weight.device) if labels is not None else None
-        sizes = model.sizes()
-        self.depth = len(sizes)
-        f = cfg.channels
-
-        self.u_init = _Conv(model.u_init, n, sizes[0])
-        self.ul_above = _Conv(model.ul_init_above, n, sizes[0])
-        self.ul_left = _Conv(model.ul_init_left, n, sizes[0])
-        self.up = [[(_Resnet(u, n, sizes[k], labels), _Resnet(ul, n, sizes[k], labels)) for u, ul in block]
-                   for k, block in enumerate(model.up)]
-        self.down = [[(_Resnet(u, n, sizes[self.depth - 1 - d], labels),
-                       _Resnet(ul, n, sizes[self.depth - 1 - d], labels)) for u, ul in block]
-                     for d, block in enumerate(model.down)]
-        self.downsize = [(_Conv(u, n, sizes[k]), _Conv(ul, n, sizes[k])) for k, (u, ul) in enumerate(model.downsize)]
-        # upsize[d] enters down block d + 1: its outputs are at level depth - 2 - d.
-        self.upsize = [(_Deconv(u, n, sizes[self.depth - 2 - d]), _Deconv(ul, n, sizes[self.depth - 2 - d]))
-                       for d, (u, ul) in enumerate(model.upsize)]
-
-        self.attention = model.attention
-        # The pass up's u and ul maps (model.shortcuts), at their levels' sizes.
-        self.shortcuts = model.shortcuts
-        self.us = [weight.new_zeros(n, f, *sizes[k]) for k in self.shortcuts.level]
-        self.uls = [weight.new_zeros(n, f, *sizes[k]) for k in self.shortcuts.level]
-        # The u stream down the network, after each layer, per level: the ul layer beside it reads it.
-        self.u_down = [[weight.new_zeros(n, f, *sizes[self.depth - 1 - d]) for _ in block] for d, block in
-                       enumerate(model.down)]
-        self.ul_above_row = weight.new_zeros(n, f, cfg.width)
-
-        if self.mixture:
-            self.head_out = (model.head_out.weight.detach(), model.head_out.bias.detach())
-        else:
-            self.head_hidden = (model.head_hidden.weight.detach(), model.head_hidden.bias.detach())
-            self.head_pixel = (None if model.head_pixel is None else
-                               (model.head_pixel.masked_weight().detach(), model.head_pixel.bias.detach()))
-            self.head_out = (model.head_out.masked_weight().detach(), model.head_out.bias.detach())
-        self.features = weight.new_zeros(n, f)  # the head's hidden layer from the streams at the current pixel
-        self.pixel = weight.new_zeros(n, self.c)  # the current pixel's scaled channels written so far
+        self.resolution = model.resolution_levels()
+        first = self.resolution[0].size
+        self.u_init, self.ul_above = _Conv(model.u_init, n, first), _Conv(model.ul_init_above, n, first)
+        self.ul_left = _Conv(model.ul_init_left, n, first)
+        # Per stream (0: u, 1: ul): its parts at each level, and the maps of the pass up (numbered as in Level).
+        self.streams = [[_Stream.of(level.ul if s else level.u, n, level.size, labels) for level in self.resolution]
+                        for s in (0, 1)]
+        zeros = functools.partial(weight.new_zeros, n, cfg.channels)
+        self.maps = [{e: zeros(*level.size) for level in self.resolution for e in level.makes} for _ in (0, 1)]
+        self.u_down = [[zeros(*level.size) for _ in level.reads] for level in self.resolution]  # u after each layer
+        self.ul_above_row = zeros(cfg.width)  # the ul stream's (1, 3) conv of the row above
+        hidden, pixel = (None if m is None else _nin(m) for m in (model.head_hidden, model.head_pixel))
+        self.head = functools.partial(model.head_step, hidden=hidden, pixel=pixel, out=_nin(model.head_out))
+        self.features: torch.Tensor | None = None  # elu(ul) at the current pixel
+        self.pixel = weight.new_zeros(n, cfg.image_channels)  # the current pixel's scaled channels written so far
         self.next_row = 0
 
-    def _due(self, i: int, j: int | None = None) -> list[int]:
-        """The levels with a row (j None) or a position at full-resolution row i (and column j)."""
-        return [k for k in range(self.depth) if i % (1 << k) == 0 and (j is None or j % (1 << k) == 0)]
-
-    def _rows(self, i: int) -> None:
-        """Full-resolution row i begins (rows < i final): the u stream's due rows, up and then down."""
-        due = self._due(i)
-        for k in due:
-            r = i >> k
-            first = self.shortcuts.up[k][0]
-            if k == 0:
-                u = self.u_init(r - 1, None) if r > 0 else self.us[0][:, :, 0]  # shifted down: zeros in row 0
-            else:
-                u = self.downsize[k - 1][0](r, None)
-            self.us[first][:, :, r] = u
-            for (layer, _), e in zip(self.up[k], self.shortcuts.up[k][1:]):
-                u = layer(r, None, u)
-                self.us[e][:, :, r] = u
-            if k + 1 < self.depth:
-                self.downsize[k][0].put(r, None, u)
-        for k in reversed(due):
-            r, d = i >> k, self.depth - 1 - k
-            u = self.us[self.shortcuts.start][:, :, r] if d == 0 else self.upsize[d - 1][0].out[:, :, r]
-            for l, ((layer, _), e) in enumerate(zip(self.down[d], self.shortcuts.down[d])):
-                u = layer(r, None, u, self.us[e][:, :, r])
-                self.u_down[d][l][:, :, r] = u
+    def _walk(self, s: int, i: int, j: int | None = None) -> torch.Tensor:
+        """Stream s at full-resolution row i, whole rows (s = 0, u; j None), or at pixel (i, j) (s = 1, ul): every
+        level due there, up the network and then down it, in forward's order.  Returns its output at level 0."""
+        streams, maps, u_maps = self.streams[s], self.maps[s], self.maps[0]
+        due = []  # (k, r, c): the levels with a row r (c None) or a position (r, c) at full-resolution (i, j)
+        for k in range(len(streams)):
+            if i % (1 << k) or (j is not None and j % (1 << k)):
+                break
+            due.append((k, i >> k, None if j is None else j >> k))
+        for k, r, c in due:
+            level, parts, at = self.resolution[k], streams[k], _index(r, c)
+            x = self._first(i, j) if k == 0 else streams[k - 1].downsize(r, c)
+            maps[level.makes[0]][at] = x
+            for layer, e in zip(parts.up, level.makes[1:]):
+                x = layer(r, c, x, u_maps[e][at] if s else None)
+                maps[e][at] = x
+            if parts.downsize is not None:
+                parts.downsize.put(r, c, x)
+        for k, r, c in reversed(due):
+            level, parts, at = self.resolution[k], streams[k], _index(r, c)
+            if parts.upsize is not None:
+                x = parts.upsize.out[at]
+            else:  # the coarsest level: the pass down starts from the last map of the pass up
+                start, attention = maps[level.makes[-1]], self.model.attention
+                x = attention.at(start, r, c) if s and attention is not None else start[at]
+            for layer, e, u_down in zip(parts.down, level.reads, self.u_down[k]):
+                x = layer(r, c, x, torch.cat([u_down[at], maps[e][at]], dim=1) if s else u_maps[e][at])
+                if not s:
+                    u_down[at] = x
             if k > 0:
-                self.upsize[d][0](r, None, u)
-        above = self.ul_above(i - 1, None) if i > 0 else None  # the (1, 3) conv of row i - 1, shifted down
-        self.ul_above_row = above if above is not None else torch.zeros_like(self.ul_above_row)
+                streams[k - 1].upsize(r, c, x)
+        return x
 
-    def _position(self, i: int, j: int) -> None:
-        """Pixel (i, j) is next (everything before it written): the ul stream's due positions, and the head's
-        features."""
-        due = self._due(i, j)
-        for k in due:
-            r, c = i >> k, j >> k
-            first = self.shortcuts.up[k][0]
-            if k == 0:
-                ul = self.ul_above_row[:, :, j]
-                if j > 0:  # the (2, 1) conv of column j - 1, shifted right
-                    ul = ul + self.ul_left(i, j - 1)
-            else:
-                ul = self.downsize[k - 1][1](r, c)
-            self.uls[first][:, :, r, c] = ul
-            for (_, layer), e in zip(self.up[k], self.shortcuts.up[k][1:]):
-                ul = layer(r, c, ul, self.us[e][:, :, r, c])
-                self.uls[e][:, :, r, c] = ul
-            if k + 1 < self.depth:
-                self.downsize[k][1].put(r, c, ul)
-        for k in reversed(due):
-            r, c, d = i >> k, j >> k, self.depth - 1 - k
-            if d > 0:
-                ul = self.upsize[d - 1][1].out[:, :, r, c]
-            elif self.attention is not None:
-                ul = self.attention.at(self.uls[self.shortcuts.start], r, c)
-            else:
-                ul = self.uls[self.shortcuts.start][:, :, r, c]
-            for l, ((_, layer), e) in enumerate(zip(self.down[d], self.shortcuts.down[d])):
-                ul = layer(r, c, ul, torch.cat([self.u_down[d][l][:, :, r, c], self.uls[e][:, :, r, c]], dim=1))
-            if k > 0:
-                self.upsize[d][1](r, c, ul)
-        if self.mixture:
-            self.features = F.elu(ul)
-        else:
-            self.features = _nin(*self.head_hidden, F.elu(ul))
-        self.pixel.zero_()
-
-    def _head(self) -> torch.Tensor:
-        if self.mixture:
-            return _nin(*self.head_out, self.features)
-        hidden = self.features
-        if self.head_pixel is not None:
-            hidden = hidden + _nin(*self.head_pixel, self.pixel)
-        return _nin(*self.head_out, F.elu(hidden))
+    def _first(self, i: int, j: int | None) -> torch.Tensor:
+        """Level 0's input: the u stream's row i (j None) or the ul stream's (i, j), from the first convs shifted."""
+        if j is None:
+            return self.u_init(i - 1, None) if i > 0 else torch.zeros_like(self.ul_above_row)
+        ul = self.ul_above_row[:, :, j]
+        return ul + self.ul_left(i, j - 1) if j > 0 else ul  # the (2, 1) conv of column j - 1, shifted right
 
     def prefill(self, x: torch.Tensor) -> None:
         """Take given top rows x (N, C, R, W) of levels, R >= 0: run the streams over them as if drawn."""
@@ -263,26 +205,29 @@ class PixelCNNPPIncremental:
         for i in range(x.shape[2]):
             self.begin_row(i)
             for j in range(self.width):
-                self._position(i, j)
+                self._walk(1, i, j)
                 self._put_pixel(i, j, xs[:, :, i, j])
 
     def begin_row(self, i: int) -> None:
         while self.next_row <= i:
-            self._rows(self.next_row)
+            r = self.next_row
+            self._walk(0, r)
+            self.ul_above_row = self.ul_above(r - 1, None) if r > 0 else torch.zeros_like(self.ul_above_row)
             self.next_row += 1
 
     def output(self, i: int, j: int, g: int) -> torch.Tensor:
         """The head's group-g outputs (N, P / groups) at (i, j): a pixel's mixture, or channel g's logits."""
         if g == 0:
-            self._position(i, j)
-        out = self._head()
-        per_group = out.shape[1] // (1 if self.mixture else self.c)
+            self.features = F.elu(self._walk(1, i, j))
+            self.pixel.zero_()
+        out = self.head(self.features, self.pixel)
+        per_group = out.shape[1] // self.model.distribution.groups
         return out[:, g * per_group:(g + 1) * per_group]
 
     def write(self, i: int, j: int, ch: int, value: torch.Tensor) -> None:
         """Record the level (N,) chosen for sub-pixel (i, j, ch)."""
         self.pixel[:, ch] = scale_input(value, self.levels)
-        if ch == self.c - 1:
+        if ch == self.pixel.shape[1] - 1:
             self._put_pixel(i, j, self.pixel)
 
     def _put_pixel(self, i: int, j: int, pixel: torch.Tensor) -> None:
