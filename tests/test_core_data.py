@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelnet.config import DataConfig
+from pixelnet.config import defaults
 from pixelnet.data.preprocess import preprocess, quantize, split_indices
 from pixelnet.data.processed import load_split, read_manifest
 from pixelnet.data.rawformat import read_raw, write_raw
@@ -184,7 +184,7 @@ def test_split_is_seeded_stratified_and_disjoint():
 def test_preprocess_writes_manifest_and_tensors(tmp_path):
     folder = write_image_folder(tmp_path / "imgs", mode="RGB", n_per_class=10)
     write_raw(load_source("folder", cache_dir=None, folder=str(folder)), tmp_path / "raw" / "folder", name="folder")
-    cfg = DataConfig(dataset="folder", size=6, mode="gray", levels=2, val_fraction=0.2, test_fraction=0.2)
+    cfg = defaults().data.replace(dataset="folder", size=6, mode="gray", levels=2, val_fraction=0.2, test_fraction=0.2)
     manifest = preprocess(cfg, tmp_path / "raw" / "folder", tmp_path / "processed")
     assert manifest["shape"] == [1, 6, 6] and manifest["levels"] == 2
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 12, "val": 4, "test": 4}
@@ -198,5 +198,5 @@ def test_official_test_split_is_kept(tmp_path):
     write_mnist_files(tmp_path / "ext", n_train=20, n_test=4)
     write_raw(load_source("mnist", cache_dir=tmp_path / "ext", folder=None), tmp_path / "raw", name="mnist")
     assert read_raw(tmp_path / "raw").test is not None
-    manifest = preprocess(DataConfig(dataset="mnist", levels=256), tmp_path / "raw", tmp_path / "p")
+    manifest = preprocess(defaults().data.replace(dataset="mnist", levels=256), tmp_path / "raw", tmp_path / "p")
     assert manifest["splits"]["test"]["count"] == 4 and manifest["official_test"]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from pixelnet.config import DataConfig
+from pixelnet.config import DataConfig, defaults
 from pixelnet.data.validation import check_validated, expected_split_sizes, validate
 from pixelnet.errors import PixelNetError
 from pixelnet.stages.download import download
@@ -32,7 +31,8 @@ def processed(tmp_path_factory) -> tuple[DataConfig, Path]:
 
     root = tmp_path_factory.mktemp("ge")
     folder = write_image_folder(root / "images")
-    cfg = DataConfig(dataset="folder", folder=str(folder), size=8, levels=4, val_fraction=0.25, test_fraction=0.25)
+    cfg = defaults().data.replace(dataset="folder", folder=str(folder), size=8, levels=4, val_fraction=0.25,
+                                  test_fraction=0.25)
     download(cfg, out_dir=root / "raw", cache_dir=root / "cache")
     preprocess(cfg, raw_dir=root / "raw", out_dir=root / "processed")
     return cfg, root / "processed"
@@ -129,13 +129,13 @@ def test_class_balance_and_split_size_use_the_sources_bounds(data, tmp_path):
     assert "test classes: expect_column_min_to_be_between(column='share', min_value=0.3): observed 0" in msg
     assert "test classes: expect_column_max_to_be_between(column='share', max_value=0.7): observed 1" in msg
     # the same data judged as mnist-5k: wrong split sizes (16 images, not 5000) and too bright for digits
-    msg = failure(replace(cfg, dataset="mnist-5k"), d, tmp_path / "w")
+    msg = failure(cfg.replace(dataset="mnist-5k"), d, tmp_path / "w")
     assert "train images: expect_table_row_count_to_be_between" in msg
     assert "expect_column_mean_to_be_between(column='mean_intensity', min_value=0.06, max_value=0.22)" in msg
 
 
 def test_expected_split_sizes_follow_the_source_and_fractions():
-    cfg = DataConfig(val_fraction=0.1, test_fraction=0.2)
+    cfg = defaults().data.replace(val_fraction=0.1, test_fraction=0.2)
     own = expected_split_sizes(cfg, {"official_test": False, "splits": {}}, {"images": 5000})
     assert own == pytest.approx({"train": 3500, "val": 500, "test": 1000})
     official = expected_split_sizes(cfg, {"official_test": True, "splits": {}}, {"images": 70000, "test_images": 10000})

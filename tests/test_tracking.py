@@ -214,7 +214,7 @@ def test_champion_moves_only_to_a_better_model_on_the_same_test_set(client, tmp_
         out = tmp_path / f"evaluate-{version}"
         out.mkdir()
         client.set_tag(run, "model_version", version)  # as track_train tags it
-        registry.record_champion(out)(client, run, {"test_bits_per_dim": bpd})
+        registry.record_champion(client, run, {"test_bits_per_dim": bpd}, out)
         decisions.append(json.loads((out / "champion.json").read_text()))
         assert client.get_run(run).data.tags["evaluate.champion_decision"] == decisions[-1]["reason"]
     assert [d["champion_version"] for d in decisions] == [1, 1, 3, 3]

@@ -1,10 +1,8 @@
-"""Writing files so that nothing half-written ever looks complete, and hashing them.
+"""Files on disk: written so that nothing half-written ever looks complete, read and hashed with clear errors.
 
-Every output PixelNet writes goes through here: a file is written to a
-temporary sibling, flushed to disk and renamed over its path (`atomic_file`),
-a directory is filled in a temporary sibling and renamed into place
-(`atomic_dir`).  An interrupted command leaves the old output or none, never
-a torn one.  Failures to create a location are one PixelNetError naming it.
+A file is written to a temporary sibling, synced and renamed over its path (`atomic_file`); a directory is filled
+in a temporary sibling and renamed into place (`atomic_dir`).  An interrupted command leaves the old output or
+none, never a torn one.  Every failure is one PixelNetError naming the path.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pixelnet.errors import PixelNetError
 
@@ -69,10 +69,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as e:
-        raise PixelNetError(
-            f"cannot write output directory {path}: {e.strerror}. "
-            "Choose a writable location or fix its permissions."
-        ) from e
+        raise PixelNetError(f"cannot write output directory {path}: {e.strerror}. "
+                            "Choose a writable location or fix its permissions.") from e
     try:
         yield tmp
         if path.exists():
@@ -83,9 +81,16 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def load_npy(path: Path, *, remedy: str) -> np.ndarray:
+    """np.load without pickles; a missing or unreadable file is a PixelNetError naming it and ending with `remedy`."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise PixelNetError(f"{path} not found: {remedy}") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise PixelNetError(f"cannot read {path} ({e}); {remedy}") from None
+
+
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

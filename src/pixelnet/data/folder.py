@@ -1,29 +1,11 @@
 """A user's own folder of PNG/JPEG images as a RawDataset.
 
-Layout: either images directly in the folder (unlabeled, one class "all"), or
-one subfolder per class (labels from the sorted subfolder names; images may
-sit deeper inside a class folder).  Files with other extensions are skipped
-and counted.  Modes are unified (all grayscale stays grayscale, otherwise
-everything becomes RGB, alpha dropped).  Unreadable, truncated and oversized
-(decompression-bomb) files are errors that name the file.
-
-Sizes: real photos rarely share one size or shape, so with `size` (data.size)
-every image is made square by the `fit` policy (data.fit) and resized to
-size x size, the way preprocess resizes (antialiased bilinear):
-
-    crop     the centred square of side min(width, height) (the default: no distortion, edges lost)
-    pad      the image centred on a black square of side max(width, height) (nothing lost, borders added)
-    stretch  the whole image squeezed to a square (nothing lost, shapes distorted)
-
-An image already size x size is kept as it is.  Without `size`, images are kept
-as found and must share one size.
-
-Symbolic links: a link whose target stays inside the folder is followed, a
-file link as the image it names, a directory link as a folder of images (in
-the class of the subfolder the link sits in).  A link that leads out of the
-folder is an error naming the link and its target: the folder is the dataset,
-and what it holds should not depend on files elsewhere.  A directory link back
-to a folder it sits in (a loop) is an error too.
+Images sit directly in the folder (unlabeled, one class "all") or under one subfolder per class (labels from the
+sorted subfolder names).  Other files are skipped and counted.  All-grayscale folders stay grayscale, others become
+RGB (alpha dropped).  With `size`, each image is made square by the `fit` policy (`to_square`) and resized as
+preprocess resizes; without it, images must share one size.  Links are followed only inside the folder: a link
+that leads out of it, or a directory link back to a folder it sits in, is an error naming the link.
+Unreadable, truncated and oversized (decompression-bomb) files are errors that name the file.
 """
 
 from __future__ import annotations
@@ -53,8 +35,10 @@ def _entries(directory: Path, root: Path, ancestors: frozenset[Path]) -> Iterato
     """
     children = sorted(directory.iterdir(), key=lambda p: p.name)
     for path in children:
-        if path.is_symlink():
-            _check_link(path, root)
+        if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
+            raise PixelNetError(f"link {path} -> {os.readlink(path)} leads out of image folder {root}: links are "
+                                "followed only inside the folder; copy what it points to into the folder, "
+                                "or remove the link")
     yield from (p for p in children if not p.is_dir())
     for sub in (p for p in children if p.is_dir()):
         real = Path(os.path.realpath(sub))
@@ -62,13 +46,6 @@ def _entries(directory: Path, root: Path, ancestors: frozenset[Path]) -> Iterato
             raise PixelNetError(f"link {sub} -> {os.readlink(sub)} in image folder {root} leads back to a folder "
                                 "it sits in (a loop): remove the link")
         yield from _entries(sub, root, ancestors | {real})
-
-
-def _check_link(link: Path, root: Path) -> None:
-    """Refuse a link whose target (followed through every link) is outside the folder (module docstring)."""
-    if not Path(os.path.realpath(link)).is_relative_to(root):
-        raise PixelNetError(f"link {link} -> {os.readlink(link)} leads out of image folder {root}: links are followed "
-                            "only inside the folder; copy what it points to into the folder, or remove the link")
 
 
 def _image_files(folder: Path) -> tuple[list[tuple[Path, str | None]], int]:
@@ -86,26 +63,23 @@ def _image_files(folder: Path) -> tuple[list[tuple[Path, str | None]], int]:
 
 
 def _open(path: Path) -> Image.Image:
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS  # PIL warns above it: an error here
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
-            try:
-                with Image.open(path) as img:
-                    img.load()
-                    return img.copy()
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+        with warnings.catch_warnings(action="error", category=Image.DecompressionBombWarning), Image.open(path) as img:
+            img.load()
+            return img.copy()
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PixelNetError(
             f"{path} is larger than {MAX_PIXELS} pixels (a possible decompression bomb); remove it or shrink it"
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise PixelNetError(f"cannot read image {path} ({e}); it is corrupt or not an image: fix or remove it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def to_square(img: Image.Image, fit: str) -> Image.Image:
-    """`img` made square by the fit policy (module docstring); a square image is returned as it is."""
+    """`img` made square: crop keeps the centred square, pad centres it on black, stretch leaves it to the resize."""
     w, h = img.size
     if w == h or fit == "stretch":
         return img
@@ -121,17 +95,13 @@ def to_square(img: Image.Image, fit: str) -> Image.Image:
     raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
 
 
-def fitted(images: list[np.ndarray], *, size: int, fit: str) -> np.ndarray:
-    """Arrays (H, W) or (H, W, C) of any sizes -> (N, size, size, C) uint8, by `to_square` then resizing."""
-    out = []
-    for a in images:
-        a = a[..., None] if a.ndim == 2 else a
-        if a.shape[:2] != (size, size):
-            square = np.asarray(to_square(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), fit))
-            square = square[..., None] if square.ndim == 2 else square
-            a = resize(square[None], size)[0].permute(1, 2, 0).numpy()  # (size, size, C)
-        out.append(a)
-    return np.stack(out)
+def fitted(img: Image.Image, *, size: int, fit: str) -> np.ndarray:
+    """`img` as uint8 (size, size, C): kept if it is that size, else `to_square` then resized."""
+    if img.size == (size, size):
+        return np.asarray(img, dtype=np.uint8).reshape(size, size, -1)
+    square = np.asarray(to_square(img, fit), dtype=np.uint8)
+    square = square[..., None] if square.ndim == 2 else square  # (H, W, C)
+    return resize(square[None], size)[0].permute(1, 2, 0).numpy()
 
 
 def read_folder(folder: Path, *, size: int | None = None, fit: str = "crop") -> RawDataset:
@@ -152,8 +122,7 @@ def read_folder(folder: Path, *, size: int | None = None, fit: str = "crop") -> 
             "move every image into a class subfolder, or remove the subfolders"
         )
     images = [_open(path) for path, _ in files]
-    sizes = {img.size for img in images}
-    if size is None and len(sizes) > 1:
+    if size is None and len({img.size for img in images}) > 1:
         by_size = {}
         for (path, _), img in zip(files, images):
             by_size.setdefault(img.size, path)
@@ -162,10 +131,12 @@ def read_folder(folder: Path, *, size: int | None = None, fit: str = "crop") -> 
             f"images in {folder} have different sizes: {examples}; pass a size (data.size) to fit them to one"
         )
     mode = "L" if all(img.mode in GRAY_MODES for img in images) else "RGB"
-    arrays = [np.asarray(img.convert(mode), dtype=np.uint8) for img in images]
-    stacked = fitted(arrays, size=size, fit=fit) if size is not None else np.stack(arrays)
-    if stacked.ndim == 3:
-        stacked = stacked[..., None]  # (N, H, W, 1)
+    images = [img.convert(mode) for img in images]
+    if size is not None:
+        stacked = np.stack([fitted(img, size=size, fit=fit) for img in images])
+    else:
+        stacked = np.stack([np.asarray(img, dtype=np.uint8) for img in images])
+        stacked = stacked[..., None] if stacked.ndim == 3 else stacked  # (N, H, W, C)
     if labels_by_file[0] is None:
         classes, labels = ["all"], np.zeros(len(files), dtype=np.int64)
     else:

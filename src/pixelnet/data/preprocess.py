@@ -1,10 +1,8 @@
-"""Raw dataset -> fixed-size, quantized, split uint8 tensors plus a manifest.
+"""Raw dataset -> fixed-size, quantized, split uint8 tensors plus a manifest (processed.py).
 
-Steps: convert the colour mode (keep, gray or rgb), resize to size x size
-(antialiased bilinear), quantize 0..255 to `levels` levels with
-level = floor(v * levels / 256) (so levels = 2 thresholds at 128), and split.
-A source with an official test split keeps it and draws val from train;
-otherwise a seeded, per-class (stratified) split draws val and test.
+Convert the colour mode, resize (antialiased bilinear), quantize 0..255 to level = floor(v * levels / 256)
+(levels = 2 thresholds at 128), and split: a source with an official test split keeps it and draws val from
+train; otherwise a seeded, per-class (stratified) split draws val and test.
 """
 
 from __future__ import annotations
@@ -68,17 +66,12 @@ def preprocess(cfg: DataConfig, raw_dir: Path, out_dir: Path) -> dict:
     raw: RawDataset = read_raw(raw_dir)
     prepare = lambda imgs: quantize(resize(convert_mode(imgs, cfg.mode), cfg.size), cfg.levels)  # noqa: E731
     train_x, train_y = prepare(raw.train.images), raw.train.labels
-    if raw.test is not None:
-        cut = split_indices(train_y, fractions={"val": cfg.val_fraction}, seed=cfg.seed)
-        splits = {
-            "train": (train_x[cut["train"]], train_y[cut["train"]]),
-            "val": (train_x[cut["val"]], train_y[cut["val"]]),
-            "test": (prepare(raw.test.images), raw.test.labels),
-        }
-    else:
-        cut = split_indices(train_y, fractions={"test": cfg.test_fraction, "val": cfg.val_fraction}, seed=cfg.seed)
-        splits = {name: (train_x[cut[name]], train_y[cut[name]]) for name in SPLITS}
-
+    official = raw.test is not None
+    fractions = {"val": cfg.val_fraction} if official else {"test": cfg.test_fraction, "val": cfg.val_fraction}
+    cut = split_indices(train_y, fractions=fractions, seed=cfg.seed)
+    splits = {name: (train_x[cut[name]], train_y[cut[name]]) for name in SPLITS if name in cut}  # train, val, test
+    if official:
+        splits["test"] = (prepare(raw.test.images), raw.test.labels)
     with atomic_dir(out_dir) as tmp:
         summary = {}
         for name, (x, y) in splits.items():
@@ -99,7 +92,7 @@ def preprocess(cfg: DataConfig, raw_dir: Path, out_dir: Path) -> dict:
             "shape": list(splits["train"][0].shape[1:]),  # [C, H, W]
             "classes": raw.classes,
             "labeled": raw.labeled,
-            "official_test": raw.test is not None,
+            "official_test": official,
             "scaling": "uint8 level = floor(v * levels / 256); network input = level * 2 / (levels - 1) - 1",
             "splits": summary,
         }

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pixelnet.errors import PixelNetError
+from pixelnet.files import load_npy
 
 SPLITS = ("train", "val", "test")
 MANIFEST_SCHEMA = 1
@@ -45,12 +46,7 @@ def load_split(data_dir: Path, split: str, manifest: dict | None = None) -> Spli
     data_dir = Path(data_dir)
     manifest = manifest or read_manifest(data_dir)
     paths = [data_dir / f"{split}_images.npy", data_dir / f"{split}_labels.npy"]
-    try:
-        images, labels = (np.load(p, allow_pickle=False) for p in paths)
-    except FileNotFoundError as e:
-        raise PixelNetError(f"{e.filename} not found: run `pixelnet preprocess` again") from None
-    except (ValueError, OSError) as e:
-        raise PixelNetError(f"cannot read {paths[0]} or {paths[1]} ({e}); run `pixelnet preprocess` again") from None
+    images, labels = (load_npy(p, remedy="run `pixelnet preprocess` again") for p in paths)
     shape = tuple(manifest["shape"])
     levels = manifest["levels"]
     if images.dtype != np.uint8 or images.shape[1:] != shape or labels.shape != (len(images),):

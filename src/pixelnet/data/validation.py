@@ -1,23 +1,10 @@
-"""Great Expectations guarding the preprocessed tensors (data/processed/) before training.
+"""Great Expectations over the preprocessed tensors (data/processed/): the only module that imports it (lazily).
 
-`validate` turns data/processed into four small pandas tables and runs the
-suite defined in pipeline/expectations.yaml on them in an ephemeral GE
-context:
-
-    splits    one row per split whose images file exists
-    images    one row per image of a split: dtype, shape, min/max level,
-              non-finite values after conversion, label, mean intensity
-    classes   one row per class of a split: its share of the split
-    overlap   the distinct content hashes of train, then of test
-
-It writes `summary.json` (every expectation with its observed value; the same
-bytes for the same data and suite) and `gx/` (GE's full results and its Data
-Docs HTML, which carry timestamps), and raises a `PixelNetError` listing every
-failed expectation with its observed value.  `check_validated` is what train
-calls to refuse data whose validation failed or is stale.
-
-This is the only module that imports great_expectations, lazily: the import
-takes seconds, and nothing else in PixelNet needs it.
+`validate` turns data/processed into four pandas tables (splits, images, classes, overlap: `build_checks`),
+runs the suite of pipeline/expectations.yaml on them in an ephemeral GE context, writes `summary.json` (every
+expectation with its observed value: the same bytes for the same data and suite) and `gx/` (GE's results and
+Data Docs, which carry timestamps), and raises a PixelNetError listing every failed expectation.
+`check_validated` is how train refuses data whose validation failed or is stale.
 """
 
 from __future__ import annotations
@@ -36,10 +23,11 @@ import yaml
 from pixelnet.config import DataConfig
 from pixelnet.data.processed import SPLITS, read_manifest
 from pixelnet.errors import PixelNetError
-from pixelnet.files import atomic_dir, sha256_file, write_json
+from pixelnet.files import atomic_dir, load_npy, sha256_file, write_json
 
 TABLES = ("splits", "images", "classes", "overlap")
 SUMMARY = "summary.json"
+REMEDY = "run `pixelnet preprocess` again"
 
 
 @dataclass
@@ -61,10 +49,6 @@ class Check:
     frame: pd.DataFrame
     parameters: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        return f"{self.split} {self.table}" if self.split else self.table
-
 
 def read_suite(path: Path) -> Suite:
     try:
@@ -84,15 +68,6 @@ def read_suite(path: Path) -> Suite:
             ((kind, kwargs),) = entry.items()
             tables[name].append((str(kind), dict(kwargs or {})))
     return Suite(tables, raw["sources"], float(raw.get("split_tolerance", 0.01)), str(path))
-
-
-def _load(path: Path) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise PixelNetError(f"cannot read {path} ({e}); run `pixelnet preprocess` again") from None
 
 
 CHUNK = 4096  # images per pass: bounds the float64 copies (full MNIST or CIFAR-10 would need gigabytes at once)
@@ -163,10 +138,11 @@ def build_checks(cfg: DataConfig, data_dir: Path, suite: Suite) -> list[Check]:
         s for s in SPLITS if (Path(data_dir) / f"{s}_images.npy").is_file()]}, dtype="object"))]
     hashes: dict[str, set[str]] = {}
     for split in SPLITS:
-        images = _load(Path(data_dir) / f"{split}_images.npy")
-        if images is None:
+        images_path, labels_path = Path(data_dir) / f"{split}_images.npy", Path(data_dir) / f"{split}_labels.npy"
+        if not images_path.is_file():
             continue
-        labels = _load(Path(data_dir) / f"{split}_labels.npy")
+        images = load_npy(images_path, remedy=REMEDY)
+        labels = load_npy(labels_path, remedy=REMEDY) if labels_path.is_file() else None
         hashes[split] = content_hashes(images)
         params = {
             "manifest_count": manifest["splits"].get(split, {}).get("count", -1),
@@ -219,16 +195,8 @@ def observed(result: Any) -> Any:
     return seen
 
 
-def _gx():
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    return gx
-
-
-def _build_suites(context: Any, suite: Suite) -> dict[str, Any]:
+def _build_suites(gx: Any, context: Any, suite: Suite) -> dict[str, Any]:
     """One GE suite per table, plus `images_empty` (row counts only) for empty splits."""
-    gx = _gx()
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     built = {}
@@ -247,11 +215,10 @@ def _build_suites(context: Any, suite: Suite) -> dict[str, Any]:
 
 
 def run_checks(checks: list[Check], suite: Suite, docs_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Run every check in an ephemeral GE context; build Data Docs in docs_dir.
-
-    Returns (summary entries, GE's full results as JSON dicts).
-    """
-    gx = _gx()
+    """Run every check in an ephemeral GE context, build Data Docs in docs_dir; returns (summary entries, GE's full
+    results as JSON dicts)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage reports from the context made below
+    import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -263,11 +230,11 @@ def run_checks(checks: list[Check], suite: Suite, docs_dir: Path) -> tuple[list[
         # Validation pages only: they show every expectation with its result; suite pages would repeat them.
         "site_section_builders": {"expectations": "0", "profiling": "0"},
     })
-    suites = _build_suites(context, suite)
+    suites = _build_suites(gx, context, suite)
     source = context.data_sources.add_pandas("processed")
     entries, full = [], []
     for check in checks:
-        name = check.label.replace(" ", "_")
+        name = f"{check.split}_{check.table}" if check.split else check.table
         suite_name = "images_empty" if check.table == "images" and check.frame.empty else check.table
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         definition = context.validation_definitions.add(
@@ -300,10 +267,8 @@ def describe_failure(entry: dict) -> str:
 
 
 def validate(cfg: DataConfig, *, data_dir: Path, suite_path: Path, out_dir: Path) -> dict:
-    """Validate data_dir against the suite; write out_dir/summary.json and out_dir/gx/.
-
-    Raises PixelNetError listing every failed expectation (after writing the reports).
-    """
+    """Validate data_dir against the suite, write out_dir/summary.json and out_dir/gx/, then raise a PixelNetError
+    listing every failed expectation, if any."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     suite = read_suite(suite_path)
     (out_dir / SUMMARY).unlink(missing_ok=True)  # never leave a stale verdict beside new data
@@ -312,15 +277,9 @@ def validate(cfg: DataConfig, *, data_dir: Path, suite_path: Path, out_dir: Path
         entries, full = run_checks(checks, suite, tmp / "data_docs")
         (tmp / "results.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
     failed = [e for e in entries if not e["success"]]
-    summary = {
-        "success": not failed,
-        "evaluated": len(entries),
-        "failed": len(failed),
-        "suite": suite.path,
-        "dataset": cfg.dataset,
-        "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
-        "results": entries,
-    }
+    summary = {"success": not failed, "evaluated": len(entries), "failed": len(failed), "suite": suite.path,
+               "dataset": cfg.dataset, "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
+               "results": entries}
     write_json(out_dir / SUMMARY, summary)
     if failed:
         lines = "\n".join(f"  {describe_failure(e)}" for e in failed)

@@ -1,10 +1,8 @@
 """The figures people look at: sample grids, completions, samples beside real images, loss curves.
 
-Images arrive as uint8 levels (N, C, H, W); `to_display` maps them back to
-0..255 for viewing (level * 255 / (levels - 1)).  The stages draw every image
-at least CELL screen pixels tall, by nearest-neighbour upscaling (a 28x28
-digit is a speck otherwise), in a near-square layout whose columns each hold
-one class when the classes take turns, with the class named above its column.
+Images arrive as uint8 levels (N, C, H, W), shown as level * 255 / (levels - 1).  The stages draw every image
+at least CELL screen pixels tall by nearest-neighbour upscaling (a 28x28 digit is a speck otherwise), in a
+near-square grid whose columns each hold one class when the classes take turns, named above the column.
 """
 
 from __future__ import annotations
@@ -21,20 +19,13 @@ CELL = 64  # the least on-screen size of one image in the pipeline's figures, in
 LABEL_HEIGHT = 14  # the band above the columns that names their classes
 
 
-def to_display(images: torch.Tensor | np.ndarray, levels: int) -> np.ndarray:
-    """uint8 levels -> uint8 0..255."""
-    x = np.asarray(images, dtype=np.float64)
-    return np.rint(x * 255.0 / (levels - 1)).astype(np.uint8)
-
-
 def display_scale(height: int, width: int) -> int:
     """The whole-number upscaling that draws an image of height x width at least CELL pixels on its longer side."""
     return max(1, math.ceil(CELL / max(height, width)))
 
 
 def near_square_columns(n: int, classes: int = 0) -> int:
-    """Images per row for n images: about sqrt(n); a multiple of `classes` when the classes take turns (image k
-    of class k mod classes), so that every column holds one class."""
+    """Images per row: about sqrt(n), a multiple of `classes` when image k is of class k mod classes."""
     side = max(1, round(math.sqrt(n)))
     if classes < 2:
         return min(n, side) if n else 1
@@ -44,8 +35,8 @@ def near_square_columns(n: int, classes: int = 0) -> int:
 def image_grid(images: torch.Tensor | np.ndarray, levels: int, *, nrow: int | None = None, pad: int = 2,
                scale: int = 1, column_labels: list[str] | None = None) -> Image.Image:
     """(N, C, H, W) levels -> one PIL image, `nrow` images per row, `pad` pixels apart, each pixel drawn
-    scale x scale; `column_labels` (one per column) are written in a band above the columns."""
-    x = to_display(images, levels)
+    scale x scale, `column_labels` in a band above the columns."""
+    x = np.rint(np.asarray(images, dtype=np.float64) * 255.0 / (levels - 1)).astype(np.uint8)  # levels -> 0..255
     if scale > 1:
         x = x.repeat(scale, axis=2).repeat(scale, axis=3)  # nearest-neighbour: every level stays a crisp block
     n, c, h, w = x.shape
@@ -70,8 +61,7 @@ def image_grid(images: torch.Tensor | np.ndarray, levels: int, *, nrow: int | No
 
 
 def class_grid(images: torch.Tensor | np.ndarray, levels: int, *, classes: list[str] | None) -> Image.Image:
-    """The pipeline's grid: upscaled, near-square; with `classes` (images of class k mod len(classes) in turn),
-    one class per column, named above it."""
+    """The pipeline's grid: upscaled, near-square, and with `classes` (taking turns) one class per named column."""
     n, _, h, w = np.asarray(images).shape
     nrow = near_square_columns(n, len(classes) if classes else 0)
     labels = [classes[col % len(classes)] for col in range(nrow)] if classes else None
@@ -79,8 +69,8 @@ def class_grid(images: torch.Tensor | np.ndarray, levels: int, *, classes: list[
 
 
 def classes_in_turn(labels: torch.Tensor | np.ndarray, n: int, n_classes: int, *, seed: int = 0) -> np.ndarray:
-    """Indices of n images, image k of class k mod n_classes (each class's images in a seeded random order), for a
-    real half laid out like the samples; classes that run out are skipped."""
+    """Indices of n images, image k of class k mod n_classes (each class in a seeded random order; classes that run
+    out are skipped): real images laid out like the samples."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     pools = [list(rng.permutation(np.flatnonzero(labels == k))) for k in range(n_classes)]
@@ -95,11 +85,8 @@ def classes_in_turn(labels: torch.Tensor | np.ndarray, n: int, n_classes: int, *
 
 def completion_grid(images: torch.Tensor | np.ndarray, completions: torch.Tensor | np.ndarray, *,
                     rows: int, levels: int, scale: int = 1) -> Image.Image:
-    """One line per image: the original, its top `rows` rows with the rest blanked, then its completions.
-
-    images (N, C, H, W) and completions (N, K, C, H, W), uint8 levels.  The blanked
-    rows show level levels // 2 (mid-gray; white when binarized).
-    """
+    """One line per image (N, C, H, W): the original, its top `rows` rows with the rest at level levels // 2
+    (mid-gray; white when binarized), then its completions (N, K, C, H, W)."""
     images, completions = np.asarray(images), np.asarray(completions)
     occluded = images.copy()
     occluded[:, :, rows:] = levels // 2

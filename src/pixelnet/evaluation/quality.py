@@ -1,22 +1,10 @@
-"""Sample quality measured by a small classifier trained on the train split only.
+"""Sample quality as seen by a small classifier trained on the train split only.
 
-A likelihood can be good while the samples are loose strokes, so evaluate
-also asks a classifier what it sees in the samples.  `train_classifier` fits
-a small CNN to the labelled train split (seeded, deterministic, seconds on a
-CPU).  `quality_scores` then gives, for a set of images (N, C, H, W) levels:
-
-- confident_fraction: the share classified with probability >= 0.9;
-- class_entropy_bits: the entropy of the histogram of predicted classes
-  (log2(classes) when every class is predicted equally often, 0 when one is);
-- frechet_distance: between the images' features (the classifier's
-  penultimate layer) and the reference features, as in FID:
-  |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2));
-- classes_in_first_64: how many classes the first 64 images are given.
-
-`sample_quality` scores the samples and, as the ceiling, as many real
-held-out images (the val split, else the train split), both against the
-test split's features: a reference that held the real images themselves
-would pull their distance towards zero.
+A likelihood can be good while the samples are loose strokes, so evaluate also asks a seeded CNN what it sees:
+the share of images it classifies with p >= 0.9, the entropy of its predicted classes, the Fréchet distance of
+its penultimate features to the test split's (as FID), and the classes among the first 64.  `sample_quality`
+scores the samples and, as the ceiling, as many real held-out images (val, else train), both against the test
+split: a reference holding the real images themselves would pull their distance towards zero.
 """
 
 from __future__ import annotations
@@ -37,7 +25,7 @@ class Classifier(nn.Module):
 
     def __init__(self, in_channels: int, n_classes: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
+        self.features = nn.Sequential(
             nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(7), nn.Flatten(),  # (B, 32 * 7 * 7) whatever the image size
@@ -45,11 +33,8 @@ class Classifier(nn.Module):
         )
         self.out = nn.Linear(FEATURES, n_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(x))
+        return self.out(self.features(x))
 
 
 def to_input(images: torch.Tensor, levels: int) -> torch.Tensor:
@@ -66,13 +51,13 @@ def train_classifier(
     order = torch.Generator().manual_seed(seed)
     model = Classifier(images.shape[1], n_classes)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * max(1, len(images) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    batches = max(1, len(images) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches)
     x_all = to_input(images, levels)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(images), generator=order)
-        for b in range(max(1, len(images) // batch_size)):
+        for b in range(batches):
             idx = perm[b * batch_size:(b + 1) * batch_size]
             loss = F.cross_entropy(model(x_all[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -93,19 +78,14 @@ def predict(model: Classifier, images: torch.Tensor, *, levels: int, batch_size:
     return torch.cat(probs).numpy(), torch.cat(feats).numpy()
 
 
-def psd_sqrt(m: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (negative rounding noise clipped)."""
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """Fréchet distance between N(mu1, cov1) and N(mu2, cov2).
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the Fréchet distance between N(mu1, S1) and N(mu2, S2).
 
-    tr((S1 S2)^(1/2)) = sum of sqrt(eigenvalues of S1^(1/2) S2 S1^(1/2)), a symmetric PSD
-    matrix, which avoids the complex round-off of a general matrix square root.
+    tr((S1 S2)^(1/2)) is the sum of sqrt(eigenvalues of S1^(1/2) S2 S1^(1/2)), a symmetric PSD matrix: no complex
+    round-off, as a general matrix square root (scipy's sqrtm) gives.
     """
-    r = psd_sqrt(cov1)
+    w, v = np.linalg.eigh((cov1 + cov1.T) / 2)
+    r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2), negative rounding noise clipped
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(r @ cov2 @ r), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * cross)
@@ -151,10 +131,10 @@ def sample_quality(
     samples: torch.Tensor, *, train, val, test, levels: int, n_classes: int, seed: int = 0,
     sample_labels: torch.Tensor | None = None,
 ) -> dict[str, float | int | str]:
-    """Flat metrics: `samples_*` and `real_*` scores, the classifier's test accuracy, n and where the real images came from.
+    """Flat metrics: `samples_*` and `real_*` scores, the classifier's test accuracy, n and the real images' source.
 
-    train, val, test: labelled `Split`s.  The real images are len(samples) images drawn at random (seeded)
-    from the val split when it has that many, else from the train split: splits may be sorted by class.
+    train, val, test: labelled `Split`s.  The real images are len(samples) drawn at random (seeded; a split may be
+    sorted by class) from val when it has that many, else from train.
     """
     classifier = train_classifier(train.images, train.labels, levels=levels, n_classes=n_classes, seed=seed)
     probs, test_feats = predict(classifier, test.images, levels=levels)

@@ -1,8 +1,4 @@
-"""What `mlflow.pyfunc.load_model` returns for a PixelNet model: `predict` scores images in bits/dim.
-
-MLflow calls `_load_pyfunc(data_path)` (this module is the model's loader_module);
-the model's data is the checkpoint, read with weights_only=True.
-"""
+"""The loader_module of a registered PixelNet model: `mlflow.pyfunc.load_model` gets a PixelNetPyfunc from it."""
 
 from __future__ import annotations
 
@@ -13,15 +9,11 @@ import numpy as np
 
 
 class PixelNetPyfunc:
-    """predict(images) -> bits/dim per image.
+    """predict(images) -> bits/dim per image, images integer levels (N, C, H, W) or (N, C*H*W) (DataFrame rows too).
 
-    images are integer levels shaped (N, C, H, W) or (N, C*H*W) (a DataFrame of
-    rows works).  A class-conditional model scores -log p(x | y) given
-    params={"labels": [...]} (one class per image), and without labels (or with
-    []) -log p(x) = -log sum_y p(y) p(x | y), with p(y) the class frequencies of
-    its train split (saved in the checkpoint).  Bad labels raise an
-    MlflowException (INVALID_PARAMETER_VALUE) that names them, which
-    `mlflow models serve` answers with a 400 carrying the message.
+    A class-conditional model scores -log p(x | y) given params={"labels": [...]} (one class per image), else
+    -log p(x) = -log sum_y p(y) p(x | y), p(y) the train split's class frequencies saved in the checkpoint.  Bad
+    labels raise MLflow's INVALID_PARAMETER_VALUE naming them: a 400 from `mlflow models serve`.
     """
 
     def __init__(self, checkpoint: str) -> None:

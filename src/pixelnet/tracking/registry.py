@@ -1,16 +1,9 @@
-"""The registered model `pixelnet`: logging a checkpoint as a model, its aliases, and the champion rule.
+"""The registered model `pixelnet`: a checkpoint logged as a model, its aliases, and the champion rule.
 
-The model is logged as an MLflow pyfunc model whose data is PixelNet's own
-checkpoint (config + weights-only state dict) and whose loader is
-pixelnet.tracking.pyfunc: nothing pickled, unlike mlflow.pytorch (which
-pickles the module, or runs torch.export, slowly).  It carries a signature
-(images in, bits/dim out, `labels` as a param), an input example and the
-package's source (code_paths), so `mlflow.pyfunc.load_model` and
-`mlflow models serve` need no pip-installed PixelNet.  train registers it with
-the alias `candidate`; evaluate moves `champion` to it when its test bits/dim
-beats the champion's on the same test set, or when there is no champion.
-`resolve_model("models:/pixelnet@champion", dst)` downloads it and returns the
-checkpoint, which `pixelnet.checkpoint.load_model` reads with weights_only=True.
+The model is an MLflow pyfunc model whose data is PixelNet's own checkpoint and whose loader is tracking/pyfunc.py
+(nothing pickled, unlike mlflow.pytorch); its code_paths carry the package, so `mlflow models serve` needs no
+installed PixelNet.  train registers it with the alias `candidate`; evaluate moves `champion` to it when its test
+bits/dim beats the champion's on the same test set, or when there is no champion.
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +26,14 @@ import pixelnet
 from pixelnet.errors import PixelNetError
 from pixelnet.files import write_json
 from pixelnet.tracking import pyfunc
-from pixelnet.tracking.store import connect, dict_metrics, log_batch, tracking_uri
+from pixelnet.tracking.store import connect, dict_metrics, first_line, log_batch, tracking_uri
 
 MODEL_NAME = "pixelnet"
 CHAMPION_FILE = "champion.json"
 
 
 def signature(manifest: dict) -> ModelSignature:
-    """uint8 level images (N, C, H, W), as data/processed holds them, in; bits/dim per image out; `labels` (one
-    class per image) as a param.
-
-    labels' default, [], scores the images alone (a conditional model's class-marginal NLL).
-    """
+    """uint8 levels (N, C, H, W) in, bits/dim per image out; param `labels`, one class per image ([]: none)."""
     c, h, w = manifest["shape"]
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, c, h, w))]),
                           outputs=Schema([TensorSpec(np.dtype(np.float64), (-1,))]),
@@ -53,12 +41,8 @@ def signature(manifest: dict) -> ModelSignature:
 
 
 def log_model(client: MlflowClient, run_id: str, *, model_path: Path, manifest: dict, example: np.ndarray) -> tuple[str, str]:
-    """Log the checkpoint as a self-contained pyfunc model, register it as `pixelnet`, alias `candidate`.
-
-    The package's source travels with the model (code_paths), so it loads where PixelNet is not installed.
-    `example`: a few of the data's images, uint8 (N, C, H, W), the model's input example.
-    Returns (registered version, logged model id).
-    """
+    """Log the checkpoint as a pyfunc model with `example` (uint8 images) as its input example, register it as
+    `pixelnet` with the alias `candidate`; returns (registered version, logged model id)."""
     import torch
 
     package = Path(pixelnet.__file__).resolve().parent
@@ -82,13 +66,10 @@ def log_model(client: MlflowClient, run_id: str, *, model_path: Path, manifest: 
 
 
 def champion_decision(candidate: dict, champion: dict | None) -> dict:
-    """Whether the evaluated version takes the alias `champion`.
+    """Whether the candidate takes the alias `champion` (both {"version", "test_bits_per_dim", "test_images_sha256"}).
 
-    candidate and champion: {"version", "test_bits_per_dim", "test_images_sha256"}.
-    The candidate wins when there is no champion, or when its test bits/dim is
-    lower on the same test set (by content hash).  Bits/dim measured on other
-    test data (another dataset, size or levels) do not compare, so the champion
-    then stays, and the reason says how to move the alias by hand.
+    It does when there is no champion, or when its test bits/dim is lower on the same test set (by content hash);
+    bits/dim of other test data do not compare, so the champion stays and the reason says how to move it by hand.
     """
     bpd = candidate["test_bits_per_dim"]
     old = champion or {}
@@ -116,7 +97,8 @@ def champion_decision(candidate: dict, champion: dict | None) -> dict:
     return decide(False, f"test bits/dim {bpd:.4f} >= champion's {old_bpd:.4f}")
 
 
-def _version_facts(mv: Any) -> dict:
+def _compared(mv: Any) -> dict:
+    """What champion_decision compares of a registered version (its tags)."""
     bpd = mv.tags.get("test_bits_per_dim")
     return {"version": mv.version, "test_bits_per_dim": float(bpd) if bpd is not None else None,
             "test_images_sha256": mv.tags.get("test_images_sha256")}
@@ -131,26 +113,24 @@ def current_champion(client: MlflowClient) -> Any | None:
         raise
 
 
-def record_champion(out_dir: Path) -> Callable[[MlflowClient, str, dict], None]:
-    """evaluate's extra logging: the champion decision, to the registry, the run and out_dir/champion.json."""
-    def after(client: MlflowClient, run_id: str, results: dict) -> None:
-        version = client.get_run(run_id).data.tags.get("model_version")
-        if version is None:
-            decision = {"promoted": False, "is_champion": False,
-                        "reason": "this run registered no model version (train's outputs came from DVC's cache)"}
-        else:
-            client.set_model_version_tag(MODEL_NAME, version, "test_bits_per_dim", repr(results["test_bits_per_dim"]))
-            candidate = _version_facts(client.get_model_version(MODEL_NAME, version))
-            champion = current_champion(client)
-            decision = champion_decision(candidate, None if champion is None else _version_facts(champion))
-            if decision["promoted"]:
-                client.set_registered_model_alias(MODEL_NAME, "champion", version)
-        log_batch(client, run_id, tags={"evaluate.champion_decision": decision["reason"]},
-                  metrics=dict_metrics({"promoted_to_champion": int(decision["promoted"]),
-                                        "is_champion": int(decision["is_champion"])}, prefix="evaluate"))
-        write_json(Path(out_dir) / CHAMPION_FILE, decision)
-        client.log_artifact(run_id, str(Path(out_dir) / CHAMPION_FILE), "evaluate")
-    return after
+def record_champion(client: MlflowClient, run_id: str, results: dict, out_dir: Path) -> None:
+    """evaluate's champion decision, to the registry, the run and out_dir/champion.json."""
+    version = client.get_run(run_id).data.tags.get("model_version")
+    if version is None:
+        decision = {"promoted": False, "is_champion": False,
+                    "reason": "this run registered no model version (train's outputs came from DVC's cache)"}
+    else:
+        client.set_model_version_tag(MODEL_NAME, version, "test_bits_per_dim", repr(results["test_bits_per_dim"]))
+        candidate = _compared(client.get_model_version(MODEL_NAME, version))
+        champion = current_champion(client)
+        decision = champion_decision(candidate, None if champion is None else _compared(champion))
+        if decision["promoted"]:
+            client.set_registered_model_alias(MODEL_NAME, "champion", version)
+    log_batch(client, run_id, tags={"evaluate.champion_decision": decision["reason"]},
+              metrics=dict_metrics({"promoted_to_champion": int(decision["promoted"]),
+                                    "is_champion": int(decision["is_champion"])}, prefix="evaluate"))
+    write_json(Path(out_dir) / CHAMPION_FILE, decision)
+    client.log_artifact(run_id, str(Path(out_dir) / CHAMPION_FILE), "evaluate")
 
 
 def resolve_model(uri: str, dst: Path) -> Path:
@@ -168,9 +148,9 @@ def resolve_model(uri: str, dst: Path) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except (MlflowException, requests.RequestException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PixelNetError(f"cannot load {uri} from {tracking_uri()} ({first}): check the model name and alias, "
-                            f"e.g. models:/{MODEL_NAME}@champion (set by evaluate) or @candidate (set by train)") from None
+        raise PixelNetError(f"cannot load {uri} from {tracking_uri()} ({first_line(e)}): check the model name and "
+                            f"alias, e.g. models:/{MODEL_NAME}@champion (set by evaluate) or @candidate (set by train)"
+                            ) from None
     try:
         flavor = Model.load(local).flavors.get("python_function", {})
     except (MlflowException, OSError):
@@ -194,6 +174,5 @@ def version_facts(uri: str) -> dict:
         aliases = [a for a, v in client.get_registered_model(name).aliases.items() if str(v) == str(mv.version)]
     except (MlflowException, requests.RequestException) as e:
         raise PixelNetError(f"cannot read {uri} from the registry ({e}): check the name and alias") from None
-    bpd = mv.tags.get("test_bits_per_dim")
     return {"registry": {"name": name, "version": int(mv.version), "aliases": sorted(aliases)},
-            "dataset": mv.tags.get("dataset"), "test_bits_per_dim": float(bpd) if bpd else None}
+            "dataset": mv.tags.get("dataset"), "test_bits_per_dim": _compared(mv)["test_bits_per_dim"]}

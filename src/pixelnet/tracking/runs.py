@@ -1,21 +1,11 @@
 """One MLflow run per pipeline execution: train starts it, the later stages find it by content hashes.
 
-`track_train` creates the run (experiment `pixelnet`), logs params, the
-per-epoch and per-step metrics, the reports and the model, and tags the run
-with `model_sha256`, the hash of the checkpoint it wrote.  A later stage
-(`track_stage`) hashes the files it reads, finds the newest run with those
-tags and logs into it: sample and complete by the model's hash; evaluate by
-the model's and the samples' (`samples_sha256`, which sample tags).  Nothing
-that names a run is a file in the pipeline, so dvc.lock holds only content
-that two clean runs reproduce.
-
-When DVC re-runs a stage whose results the run already holds (sample and
-evaluate re-run after sample.temperature changes), the stage continues in a
-new run that copies what the earlier stages logged, so each execution is one
-complete run in the UI.  What belongs to which stage is read off its name
-(`OWNERS`): params by section, metrics and artifacts by their `stage/` prefix.
-When no run holds the model (DVC restored train's outputs from its cache into
-a fresh MLflow store), the stage starts a run of its own and says so in a tag.
+`track_train` creates the run and tags it with `model_sha256`, the hash of the checkpoint it wrote; a later stage
+(`track_stage`) finds the newest run holding the hashes of the files it read (the model's; for evaluate also
+`samples_sha256`, which sample tags) and logs into it, so no file of the pipeline names a run.  A stage re-run
+on a run that already holds its results continues in a copy of that run, less what that stage and the stages
+after it logged (`OWNERS`, `REDONE`).  When no run holds the model (train's outputs came from DVC's cache), the
+stage starts a run of its own and says so in a tag.
 """
 
 from __future__ import annotations
@@ -32,21 +22,9 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pixelnet.files import sha256_file
-from pixelnet.schema import to_dict
 from pixelnet.tracking.registry import log_model, record_champion
-from pixelnet.tracking.store import (
-    connect,
-    dict_metrics,
-    experiment_id,
-    finish,
-    flatten,
-    frame_metrics,
-    log_batch,
-    log_dir,
-    mlflow_errors,
-    repo_root,
-    tracking_uri,
-)
+from pixelnet.tracking.store import (connect, dict_metrics, experiment_id, finish, flatten, frame_metrics, log_batch,
+                                     log_dir, mlflow_errors, repo_root, tracking_uri)
 
 # Who logged a key, by its first component: params by section, metrics/artifacts by prefix, the content tags.
 OWNERS = {"data": "train", "model": "train", "train": "train", "epoch": "train", "step": "train",
@@ -141,11 +119,8 @@ def log_datasets(client: MlflowClient, run_id: str, data_dir: Path, manifest: di
 
 def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: Path, validation_dir: Path | None,
                 train: Callable[[], dict]) -> dict:
-    """Run `train()` inside a new MLflow run; log params, datasets, system metrics while training, metrics, reports
-    and the model; tag the model's hash.
-
-    The run is created (and the store checked) before `train()` starts.
-    """
+    """Run `train()` inside a new MLflow run, created (the store checked) before it starts; log params, datasets,
+    system metrics while training, metrics, reports and the model; tag the model's hash."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     from pixelnet.data.processed import load_split, read_manifest
@@ -155,8 +130,8 @@ def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: P
     with mlflow_errors("starting the run"):
         exp = experiment_id(client)
         run_id = client.create_run(exp, tags=provenance(data_dir)).info.run_id
-        log_batch(client, run_id, params=flatten("data", to_dict(params.data)) | flatten("model", to_dict(params.model))
-                  | flatten("train", to_dict(params.train)))
+        log_batch(client, run_id, params=flatten("data", params.data.model_dump())
+                  | flatten("model", params.model.model_dump()) | flatten("train", params.train.model_dump()))
         log_datasets(client, run_id, data_dir, manifest)
     monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=tracking_uri())
     try:
@@ -170,9 +145,8 @@ def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: P
             version, model_id = log_model(client, run_id, model_path=model_path, manifest=manifest, example=example)
             epochs, steps = pd.read_csv(reports_dir / "epochs.csv"), pd.read_csv(reports_dir / "steps.csv")
             by_epoch = pd.DataFrame(json.loads((reports_dir / TIMING_FILE).read_text())["by_epoch"])
-            log_batch(client, run_id, metrics=frame_metrics(epochs, prefix="epoch", step_column="epoch")
-                      + frame_metrics(by_epoch, prefix="epoch", step_column="epoch")
-                      + frame_metrics(steps, prefix="step", step_column="step")
+            log_batch(client, run_id, metrics=frame_metrics(epochs, step_column="epoch")
+                      + frame_metrics(by_epoch, step_column="epoch") + frame_metrics(steps, step_column="step")
                       + dict_metrics(metrics, prefix="train", step=int(metrics.get("epochs", 0)), model_id=model_id))
             log_dir(client, run_id, reports_dir, "train")
             if validation_dir is not None:
@@ -190,14 +164,11 @@ def track_train(params: Any, *, data_dir: Path, reports_dir: Path, model_path: P
 def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, work: Callable[[], dict],
                 images: dict[str, str], samples_path: Path | None = None, publishes: dict[str, Path] | None = None,
                 champion: bool = False) -> dict:
-    """Run a later stage's `work()` and log it into the pipeline's run (see run_for).
+    """Run a later stage's `work()` and log it into the run holding model_path (and samples_path: `run_for`).
 
-    The run is the one holding the model at model_path (and the samples at samples_path, for evaluate).
-    Logs `params` under the stage's section, the numeric results as `stage/...`
-    metrics, every file of out_dir as artifacts under `stage/`, and `images`
-    ({name: file in out_dir}) as image charts the UI compares side by side.
-    `publishes` ({tag: file}) tags the run with the hashes of files the stage wrote, for the stages after it;
-    `champion` (evaluate) decides the registry's champion alias (registry.record_champion).
+    Logs `params` under the stage's section, the numeric results as `stage/...` metrics, out_dir's files under
+    `stage/`, and `images` ({name: file in out_dir}) as image charts; `publishes` ({tag: file}) tags the run
+    with the hashes of files the stage wrote, for the stages after it; `champion` runs `record_champion`.
     """
     keys = {"model_sha256": sha256_file(model_path)}
     if samples_path is not None:
@@ -205,7 +176,7 @@ def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, wor
     client = connect()
     with mlflow_errors("opening the store"):
         experiment_id(client)  # fail fast: the store must answer before the work starts
-    values = to_dict(params)
+    values = params.model_dump()
     results = work()
     with mlflow_errors(f"logging the {stage} results"):
         run_id = run_for(client, stage, keys)
@@ -227,7 +198,7 @@ def track_stage(stage: str, *, model_path: Path, out_dir: Path, params: Any, wor
                     shutil.copyfile(Path(out_dir) / file, Path(tmp) / f"{stage}_{name}.png")
                     client.log_artifact(run_id, str(Path(tmp) / f"{stage}_{name}.png"))
             if champion:
-                record_champion(out_dir)(client, run_id, results)
+                record_champion(client, run_id, results, out_dir)
             client.set_tag(run_id, f"{stage}.done", "true")
     except BaseException:
         finish(client, run_id, "FAILED")

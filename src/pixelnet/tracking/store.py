@@ -1,27 +1,10 @@
-"""Where MLflow runs go, and the small helpers every tracked stage uses to talk to the store.
+"""Where MLflow runs go, and the helpers every tracked stage uses to talk to the store.
 
-Runs go to MLFLOW_TRACKING_URI when set (a tracking server, say), otherwise
-to sqlite:///mlflow.db at the repository root, with artifacts in mlruns/
-beside it.  The root is DVC_ROOT when DVC runs the stage, which for
-`dvc exp run --queue` and `--temp` names the workspace, not the temporary
-copy the experiment runs in: so queued experiments land in the workspace's
-store, with no setting by hand.  Outside DVC it is the nearest directory
-above the working directory holding .dvc or .git.
-
-Several processes may write one sqlite store at once (`dvc queue start -j 2`).
-`connect` opens the store under a file lock (mlflow.db.lock): the first
-MlflowClient of a process creates MLflow's schema when the database does not
-exist yet, and two workers doing that at once fail with "table experiments
-already exists".  Under the same lock it puts the database in WAL mode, once,
-so that a reader never blocks a writer and writers wait their turn (MLflow's
-busy_timeout) instead of failing with "database is locked".  The `pixelnet`
-experiment is created by whichever worker gets there first; the other finds
-it.  One file, no server process to start and stop, and the UI reads it as
-before.
-
-`connect` also checks the store before any work: a server that cannot be
-reached fails the stage at once, rather than after minutes of work whose
-results could not be logged.
+Runs go to MLFLOW_TRACKING_URI when set, else to sqlite:///mlflow.db (artifacts in mlruns/) at the workspace root:
+DVC_ROOT under DVC, which names the workspace even for a queued or temporary experiment, else the nearest
+directory above holding .dvc or .git.  Several processes may share the sqlite store (`dvc queue start -j 2`):
+`connect` creates MLflow's schema under a file lock and puts the database in WAL mode, so that readers never
+block writers and writers wait their turn.  `connect` checks that the store answers before any work starts.
 """
 
 from __future__ import annotations
@@ -47,11 +30,11 @@ EXPERIMENT = "pixelnet"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def repo_root(start: Path | None = None) -> Path:
+def repo_root() -> Path:
     """The workspace's root: DVC_ROOT under DVC (the workspace even for a queued experiment), else found upwards."""
-    if start is None and os.environ.get("DVC_ROOT"):
+    if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
-    here = (start or Path.cwd()).resolve()
+    here = Path.cwd().resolve()
     for d in (here, *here.parents):
         if (d / ".dvc").is_dir() or (d / ".git").exists():
             return d
@@ -62,16 +45,17 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def quiet_mlflow() -> None:
-    """No artifact progress bars in the stages' logs, and a vanished server failing in seconds, not minutes."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+def first_line(e: BaseException) -> str:
+    """An exception's first line, for one-line error messages (its type when it has no message)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def connect() -> MlflowClient:
     """Point MLflow at the store and check it answers; a clear PixelNetError if it does not."""
-    quiet_mlflow()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the stages' logs
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a vanished server fails in seconds, not minutes
     uri = tracking_uri()
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     if uri.startswith(("http://", "https://")):
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
@@ -80,23 +64,16 @@ def connect() -> MlflowClient:
                 f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) cannot be reached ({type(e).__name__}); "
                 "start it, or unset MLFLOW_TRACKING_URI to track into sqlite:///mlflow.db"
             ) from None
-    elif uri.startswith("sqlite:///"):
-        parent = Path(uri.removeprefix("sqlite:///")).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise PixelNetError(f"MLflow database directory {parent} does not exist or is not writable: "
-                                "fix MLFLOW_TRACKING_URI or the directory's permissions")
+    elif db is not None and (not db.parent.is_dir() or not os.access(db.parent, os.W_OK)):
+        raise PixelNetError(f"MLflow database directory {db.parent} does not exist or is not writable: "
+                            "fix MLFLOW_TRACKING_URI or the directory's permissions")
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        return shared_sqlite(uri, Path(uri.removeprefix("sqlite:///")))
-    return MlflowClient(tracking_uri=uri)
+    return shared_sqlite(uri, db) if db is not None else MlflowClient(tracking_uri=uri)
 
 
 def shared_sqlite(uri: str, db: Path) -> MlflowClient:
-    """A client of the sqlite store at `db`, the database created (MLflow's schema) and in WAL mode.
-
-    One process at a time: constructing the client is what creates and migrates the schema (its tracking store
-    is built at once, the registry's on first use), so both happen under the lock.
-    """
+    """A client of the sqlite store at `db`, its schema created (tracking and registry stores, under the lock: one
+    process at a time) and the database in WAL mode."""
     import fcntl
     import sqlite3
 
@@ -119,17 +96,13 @@ def mlflow_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (MlflowException, requests.RequestException) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PixelNetError(f"MLflow failed while {what} ({first}); tracking URI {tracking_uri()}: "
+        raise PixelNetError(f"MLflow failed while {what} ({first_line(e)}); tracking URI {tracking_uri()}: "
                             "check the server or database, then run the stage again") from None
 
 
 def experiment_id(client: MlflowClient) -> str:
-    """The `pixelnet` experiment (MLFLOW_EXPERIMENT_NAME overrides), created on first use.
-
-    With the default sqlite store its artifacts go to mlruns/ at the repository
-    root, wherever the command runs from; a server or a user's URI decides itself.
-    """
+    """The `pixelnet` experiment (MLFLOW_EXPERIMENT_NAME overrides), created on first use; with the default store
+    its artifacts go to mlruns/ at the workspace root, wherever the command runs from."""
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -153,41 +126,28 @@ def finish(client: MlflowClient, run_id: str, status: str) -> None:
         pass  # the error that got us here is the one to report
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def log_batch(client: MlflowClient, run_id: str, *, metrics: list[Metric] = (), params: dict[str, str] | None = None,
               tags: dict[str, str] | None = None) -> None:
-    """client.log_batch within MLflow's limits (100 params or tags, 1000 metrics per call)."""
-    plist = [Param(k, v) for k, v in (params or {}).items()]
-    tlist = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-    for i in range(0, max(len(plist), len(tlist)), 100):
-        client.log_batch(run_id, params=plist[i:i + 100], tags=tlist[i:i + 100])
-    metrics = list(metrics)
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    """Metrics, params and tags (dicts of them) in one client.log_batch, which splits them within MLflow's limits."""
+    client.log_batch(run_id, metrics=list(metrics), params=[Param(k, v) for k, v in (params or {}).items()],
+                     tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 def flatten(section: str, values: dict[str, Any]) -> dict[str, str]:
     return {f"{section}.{k}": str(v) for k, v in values.items()}
 
 
-def frame_metrics(frame: pd.DataFrame, *, prefix: str, step_column: str) -> list[Metric]:
-    """Every numeric column of a per-epoch or per-step table as a metric history, stepped by step_column."""
-    ts = _now_ms()
-    out = []
-    for col in frame.columns:
-        if col in ("epoch", "step") or not pd.api.types.is_numeric_dtype(frame[col]):
-            continue
-        for step, value in zip(frame[step_column].astype(int), frame[col].astype(float)):
-            out.append(Metric(f"{prefix}/{col}", value, ts, int(step)))
-    return out
+def frame_metrics(frame: pd.DataFrame, *, step_column: str) -> list[Metric]:
+    """Every numeric column of a per-epoch or per-step table as `step_column/column` metrics, stepped by it."""
+    ts = int(time.time() * 1000)
+    return [Metric(f"{step_column}/{col}", value, ts, int(step)) for col in frame.columns
+            if col not in ("epoch", "step") and pd.api.types.is_numeric_dtype(frame[col])
+            for step, value in zip(frame[step_column].astype(int), frame[col].astype(float))]
 
 
 def dict_metrics(values: dict[str, Any], *, prefix: str, step: int = 0, model_id: str | None = None) -> list[Metric]:
     """The numbers of `values` as `prefix/key` metrics; with model_id, linked to that logged model (its Models tab)."""
-    ts = _now_ms()
+    ts = int(time.time() * 1000)
     return [Metric(f"{prefix}/{k}", float(v), ts, step, model_id=model_id) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
