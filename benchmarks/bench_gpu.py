@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixelnet.config import TrainConfig, load_params
+from pixelnet.config import Params, load_params
 from pixelnet.data.processed import load_split, read_manifest
 from pixelnet.model import ModelConfig
 from pixelnet.model.build import build_model
@@ -52,7 +52,7 @@ from pixelnet.preset import preset_overrides
 from pixelnet.sampling import sample_fast, sample_naive, sampling_noise
 from pixelnet.stages.train import make_deterministic, model_config_for
 from pixelnet.training import loop
-from pixelnet.training.resume import rng_state
+from pixelnet.training.loop import rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "pipeline" / "presets" / "cifar10.yaml"
@@ -165,9 +165,14 @@ def digits_model(data: Path, overrides: list[str]):
     return build_model(model_config_for(params, read_manifest(data), data))
 
 
+def preset_params(sizes: Sizes) -> Params:
+    """params.yaml with the CIFAR-10 preset and --smoke's overrides."""
+    return load_params(REPO / "params.yaml", [*preset_overrides(PRESET), *sizes.preset])
+
+
 def preset_config(sizes: Sizes):
     """The CIFAR-10 preset's model (with --smoke's overrides) for (C, H, W) images of 256 levels, unconditional."""
-    params = load_params(REPO / "params.yaml", [*preset_overrides(PRESET), *sizes.preset])
+    params = preset_params(sizes)
     c, h, w = sizes.image
     return ModelConfig.for_data(params.model, levels=256, image_channels=c, height=h, width=w, n_classes=0)
 
@@ -242,7 +247,7 @@ def one_rank_group(device: torch.device, data: Path, sizes: Sizes) -> None:
         model = digits_model(data, ["model.arch=pixelcnn", "model.norm=batch", *sizes.model]).to(device)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if cuda else model  # as Dist.wrap: SyncBatchNorm on CUDA
         ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-        step = loop.TrainStep(ddp, TrainConfig(), total_steps=100, module=model)
+        step = loop.TrainStep(ddp, load_params(REPO / "params.yaml").train, total_steps=100, module=model)
         cfg = model.config
         x = torch.randint(0, cfg.levels, (32, cfg.image_channels, cfg.height, cfg.width), dtype=torch.uint8,
                           device=device)
@@ -301,7 +306,7 @@ def train_speed(cfg, device: torch.device, sizes: Sizes, *, precision: str, comp
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
-    train_cfg = TrainConfig(batch_size=batch, lr=1e-3, ema_decay=0.9995, precision=precision, compile=compiled)
+    train_cfg = preset_params(sizes).train.replace(batch_size=batch, precision=precision, compile=compiled)
     step = loop.TrainStep(model, train_cfg, total_steps=10**6)
     x = torch.randint(0, 256, (batch, *sizes.image), dtype=torch.uint8, device=device)
     t0 = time.perf_counter()
@@ -368,7 +373,7 @@ def part_quality(a, sizes: Sizes) -> None:
             row(precision, record.epoch, record.step, f"{record.elapsed_seconds:.1f}", f"{record.train_bpd:.4f}",
                 f"{record.val_bpd:.4f}")
 
-        loop.fit(model, train, val, replace(params.train, precision=precision, max_minutes=budget), device=device,
+        loop.fit(model, train, val, params.train.replace(precision=precision, max_minutes=budget), device=device,
                  on_epoch=epoch_row)
     both = sorted(step for p, step in val_bpd if p == "bf16" and ("fp32", step) in val_bpd)
     if both:
@@ -385,13 +390,13 @@ def part_utilization(a, sizes: Sizes) -> None:
     model = digits_model(a.data, list(sizes.model))
     print(f"busy: {Busy(device).method}\n")
     header("workload", "steps", "busy", "host syncs")
-    busy, original = Busy(device), loop._train_batch
-    loop._train_batch = busy.around(original)  # a measuring probe on fit's step
+    busy, original = Busy(device), loop.TrainStep.__call__
+    loop.TrainStep.__call__ = busy.around(original)  # a measuring probe on fit's step
     try:
         with busy, counting_syncs(device) as syncs:
-            history = loop.fit(model, train, val, replace(params.train, epochs=1), device=device)
+            history = loop.fit(model, train, val, params.train.replace(epochs=1), device=device)
     finally:
-        loop._train_batch = original
+        loop.TrainStep.__call__ = original
     steps = history[-1].step
     synced = ("n/a on a CPU" if syncs is None else
               f"{len(syncs)} ({len(syncs) / steps:.2f} a step: loss reads, validation, data moves)")
@@ -399,7 +404,7 @@ def part_utilization(a, sizes: Sizes) -> None:
 
     cfg = preset_config(sizes)
     torch.manual_seed(0)
-    step = loop.TrainStep(build_model(cfg).to(device).train(), TrainConfig(lr=1e-3, precision="bf16"),
+    step = loop.TrainStep(build_model(cfg).to(device).train(), preset_params(sizes).train.replace(precision="bf16"),
                           total_steps=10**6)
     x = torch.randint(0, 256, (sizes.batches[0], *sizes.image), dtype=torch.uint8, device=device)
     step(x)  # warm-up

@@ -6,8 +6,8 @@ After `dvc repro` (the pipeline on params.yaml), from the repository root:
 
 - docs/images/samples_vs_real.png: evaluate's reports/evaluate/samples_vs_real.png, scaled to --width pixels;
 - docs/images/serve.png: `pixelnet serve --model models/model.pt` in Debian's headless Chromium after
-  Generate drew 16 images (seed 0), scaled likewise.  It needs chromium and chromium-driver (.ci/run
-  installs them); without them only the first picture is made, and the script says why.
+  Generate drew 16 images (seed 0), scaled likewise, through devtools/browser.py.  It needs chromium and
+  chromium-driver (.ci/run installs them); without them only the first picture is made, and the script says why.
 
 Both are PNGs of a few tens of kB, so git keeps them; rerun this when the defaults change.
 """
@@ -15,15 +15,14 @@ Both are PNGs of a few tens of kB, so git keeps them; rerun this when the defaul
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/browser.py, the page's driver
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/, shared with the tests
+from devtools import browser  # noqa: E402
 
 
 def scaled(src: Path, dst: Path, width: int) -> None:
@@ -36,8 +35,6 @@ def scaled(src: Path, dst: Path, width: int) -> None:
 
 
 def page_screenshot(model_path: Path, metrics: Path, data: Path, dst: Path, width: int) -> None:
-    from tests import browser
-
     why = browser.missing()
     if why:
         print(f"no {dst}: {why}")
@@ -57,13 +54,13 @@ def page_screenshot(model_path: Path, metrics: Path, data: Path, dst: Path, widt
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--width", type=int, default=640, help="the pictures' width in pixels")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    ap.add_argument("--out", type=Path, default=Path("docs/images"))
     args = ap.parse_args()
-    figure = REPO / "reports" / "evaluate" / "samples_vs_real.png"
+    figure = Path("reports/evaluate/samples_vs_real.png")
     if not figure.is_file():
-        raise SystemExit(f"error: {figure} is missing: run `dvc repro` first")
+        raise SystemExit(f"error: {figure} is missing: run `dvc repro` first, and this from the repository root")
     scaled(figure, args.out / "samples_vs_real.png", args.width)
-    os.chdir(REPO)  # the page names the model as `pixelnet serve --model models/model.pt` does
+    # Relative paths: the page names the model as `pixelnet serve --model models/model.pt` does.
     page_screenshot(Path("models/model.pt"), Path("reports/evaluate/metrics.json"), Path("data/processed"),
                     args.out / "serve.png", args.width)
 

@@ -16,6 +16,7 @@ import itertools
 
 import torch
 
+from pixelnet.config import UNREAD
 from pixelnet.model.build import ARCHITECTURES, build_model
 from pixelnet.model.config import ModelConfig
 from pixelnet.sampling import sample_fast, sampling_noise
@@ -36,8 +37,9 @@ def digest(*tensors: torch.Tensor) -> str:
 def case_model(arch: str, head: str, channels: int, conditional: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     mixtures = {"mixtures": 3} if head == "logistic_mixture" else {}
-    config = ModelConfig(arch=arch, channels=12, head=head, conditional=conditional, **SIZES[arch], **mixtures,
-                         n_classes=3 if conditional else 0, levels=256, image_channels=channels, height=6, width=7)
+    config = ModelConfig.from_mapping(UNREAD | dict(  # the keys this model does not read keep their values
+        arch=arch, channels=12, head=head, conditional=conditional, **SIZES[arch], **mixtures,
+        n_classes=3 if conditional else 0, levels=256, image_channels=channels, height=6, width=7))
     model = build_model(config)
     with torch.no_grad():
         for m in model.modules():

@@ -33,6 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # devtools/, shared with the tests
+from devtools.machine import describe  # noqa: E402
+
 PARAMS = REPO / "params.yaml"  # what the configs' overrides apply to (--params)
 
 # The default run of 2026-12-04 (issue 21's choice, 1.126 test bits/dim): every model and train key it reads.
@@ -101,7 +104,6 @@ def run_one(name: str, overrides: str, seed: int, *, data: Path, samples: bool, 
     alone (a conditional model's marginal: a forward pass per class).
     """
     import copy
-    from dataclasses import replace
 
     import torch
 
@@ -128,7 +130,7 @@ def run_one(name: str, overrides: str, seed: int, *, data: Path, samples: bool, 
                             splits["train"].labels[:8] if mcfg.conditional else None)
     if tflop and not fixed_epochs:
         epochs = max(1, round(tflop * 1e3 / (gflop * n_train)))
-        params = replace(params, train=replace(params.train, epochs=epochs))
+        params = params.replace(train=params.train.replace(epochs=epochs))
     make_deterministic(seed)
     model = build_model(mcfg)
     curve, clock = [], [0.0]
@@ -152,8 +154,9 @@ def run_one(name: str, overrides: str, seed: int, *, data: Path, samples: bool, 
     history = fit(model, splits["train"], splits["val"], params.train, device=cpu, on_epoch=on_epoch)
     wall = time.perf_counter() - t0
     images = history[-1].step * params.train.batch_size
-    row = {"name": name, "overrides": overrides, "seed": seed, "threads": torch.get_num_threads(),
-           "gflop_per_image": gflop, "images": images, "epochs": len(history), "n_train": n_train,
+    row = {"name": name, "overrides": overrides, "seed": seed, "machine": describe(),
+           "threads": torch.get_num_threads(), "gflop_per_image": gflop, "images": images, "epochs": len(history),
+           "n_train": n_train,
            "tflop": images * gflop / 1e3, "train_s": clock[0], "wall_s": wall,
            "parameters": sum(p.numel() for p in model.parameters()),
            "val_bpd": history[-1].val_bpd, "test_bpd": test_bpd(model), "curve": curve}
@@ -163,14 +166,11 @@ def run_one(name: str, overrides: str, seed: int, *, data: Path, samples: bool, 
 
 
 def sample_scores(model, params, splits: dict, *, n_classes: int) -> dict:
-    from dataclasses import replace
-
     from pixelnet.evaluation.quality import sample_quality
-    from pixelnet.sampling import sample_fast, sampling_noise
-    from pixelnet.stages.sample import sample_labels
+    from pixelnet.sampling import sample_fast, sample_labels, sampling_noise
 
     cfg = model.config
-    sample_cfg = replace(params.sample, n=256, label=None, temperature=1.0, seed=0)
+    sample_cfg = params.sample.replace(n=256, label=None, temperature=1.0, seed=0)
     labels, _ = sample_labels(sample_cfg, cfg)
     noise = sampling_noise(sample_cfg.n, cfg.image_channels, cfg.height, cfg.width, seed=0)
     t0 = time.perf_counter()
@@ -239,6 +239,7 @@ def table(rows: list[dict], baseline: str = "baseline-2026-12") -> str:
     if real:
         lines.append(f"| real digits (ceiling) | | | | | | | | | | | {real[-1]['real_confident_fraction']:.1%} | | "
                      f"{real[-1]['real_frechet_distance']:.1f} | 10 |")
+    lines += [f"\nmachine: {m}" for m in sorted({r["machine"] for r in rows if "machine" in r})]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The environment: pyproject.toml declares what src/ imports, and requirements.lock pins all of it, with hashes."""
+"""The environment: pyproject.toml declares what src/ imports (the dev extra what tests/, benchmarks/ and devtools/
+add), and requirements.lock pins all of it, with hashes."""
 
 from __future__ import annotations
 
@@ -25,16 +26,17 @@ def declared() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in reqs}
 
 
-def imported_distributions() -> dict[str, set[str]]:
-    """module -> the distributions that provide it, for the third-party modules src/ imports (lazy ones too)."""
+def imported_distributions(*dirs: str) -> dict[str, set[str]]:
+    """module -> the distributions that provide it, for the third-party modules code in `dirs` imports (lazy ones
+    too)."""
     tops = set()
-    for path in (REPO / "src").rglob("*.py"):
+    for path in (p for d in dirs for p in (REPO / d).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 tops |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 tops.add(node.module.split(".")[0])
-    tops -= set(sys.stdlib_module_names) | {"pixelnet"}
+    tops -= set(sys.stdlib_module_names) | {"pixelnet", "tests", "devtools", "pipeline"}  # this repository's
     providers = packages_distributions()
     missing = sorted(t for t in tops if t not in providers)
     assert missing == [], f"no installed distribution provides {missing}"
@@ -56,11 +58,17 @@ def locked() -> dict[str, tuple[Version, list[str]]]:
 
 
 def test_pyproject_declares_what_src_imports_and_nothing_else():
-    imports, names = imported_distributions(), set(declared())
+    imports, names = imported_distributions("src"), set(declared())
     assert sorted(m for m, dists in imports.items() if not dists & names) == [], "imported but not declared"
     provided = set().union(*imports.values())
     assert sorted(names - provided - set(NOT_IMPORTED)) == [], "declared but never imported (add it to NOT_IMPORTED?)"
     assert set(NOT_IMPORTED) <= names
+
+
+def test_the_dev_extra_declares_what_tests_benchmarks_and_devtools_add():
+    dev = {canonicalize_name(Requirement(r).name) for r in PYPROJECT["optional-dependencies"]["dev"]}
+    imports = imported_distributions("tests", "benchmarks", "devtools")
+    assert sorted(m for m, dists in imports.items() if not dists & (set(declared()) | dev)) == []
 
 
 def test_the_lock_pins_every_declared_requirement_within_its_range():

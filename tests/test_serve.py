@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from pixelnet.checkpoint import save_checkpoint
-from pixelnet.config import SampleConfig
+from pixelnet.config import defaults
 from pixelnet.serve.app import Stopped, create_app
 from pixelnet.stages.sample import sample
 from tests.conftest import random_model
@@ -55,7 +55,7 @@ def test_sample_gives_the_images_pixelnet_sample_gives(client, model, tmp_path):
     save_checkpoint(model, model.config, tmp_path / "m.pt")
     for body in ({"n": 6, "seed": 3, "temperature": 0.8}, {"n": 4, "seed": 1, "label": 2}):
         got = client.post("/api/sample", json=body).json()
-        sample(SampleConfig(method="fast", **body), model_path=tmp_path / "m.pt", out_dir=tmp_path / "s")
+        sample(defaults().sample.replace(method="fast", **body), model_path=tmp_path / "m.pt", out_dir=tmp_path / "s")
         assert np.array_equal(np.asarray(got["images"]), np.load(tmp_path / "s" / "samples.npy"))
         assert got["labels"] == np.load(tmp_path / "s" / "labels.npy").tolist()
 
@@ -182,7 +182,7 @@ def test_a_client_that_disconnects_stops_its_generation():
 
     import httpx
 
-    from tests.browser import serving
+    from devtools.browser import serving
 
     slow = random_model(levels=4, height=28, width=28, blocks=7, channels=64, first_kernel=7, kernel=5)  # ~1 s whole
     app = create_app(slow, slow.config, facts={})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import browser
+from devtools import browser
 from pixelnet.serve.app import create_app
 from tests.conftest import random_model
 

@@ -1,8 +1,8 @@
-"""The in-project textbook baseline (benchmarks/textbook.py) agrees with the shared reference it stands for.
+"""The in-project textbook baseline (devtools/textbook.py) agrees with the shared reference it stands for.
 
 The reference, ../shared/reference/textbook_pixelcnn.py, sits beside a clone in
-this project's workplace and CI, not inside the repository; these tests are
-skipped, saying so, where it is absent.  With the textbook's input scaling
+this project's workplace and CI, not inside the repository; the tests that run
+it are skipped, saying so, where it is absent.  With the textbook's input scaling
 (level / (levels - 1)) patched in, the two must be one network: the same
 initial weights from the same seed, the same logits, and the same weights
 after one epoch of their own training loops.
@@ -10,32 +10,22 @@ after one epoch of their own training loops.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib.util
-import io
-
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.textbook import sample_textbook, textbook_model, train_textbook
-from tests.conftest import REPO
+from devtools.textbook import REFERENCE, reference, sample_textbook, textbook_model, train_reference, train_textbook
 
-REFERENCE = REPO.parent / "shared" / "reference" / "textbook_pixelcnn.py"
 SMALL = {"channels": 16, "blocks": 2}
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not REFERENCE.is_file(), reason=f"the shared reference {REFERENCE} is not beside "
-                                                                 "this clone")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_reference = pytest.mark.skipif(not REFERENCE.is_file(), reason=f"the shared reference {REFERENCE} is not "
+                                                                     "beside this clone")
 
 
 @pytest.fixture(scope="module")
 def tb():
-    spec = importlib.util.spec_from_file_location("textbook_pixelcnn", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference()
 
 
 @pytest.fixture
@@ -48,6 +38,7 @@ def weights(state: dict) -> list[torch.Tensor]:
     return [v for k, v in state.items() if not k.endswith("mask")]  # the reference also saves its masks
 
 
+@needs_reference
 def test_same_seed_same_initial_weights(tb):
     torch.manual_seed(0)
     ref = tb.PixelCNN(SMALL["channels"], SMALL["blocks"], 256)
@@ -58,6 +49,7 @@ def test_same_seed_same_initial_weights(tb):
     assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
 
 
+@needs_reference
 def test_same_logits_with_the_textbook_input_scaling(tb, textbook_scaling):
     torch.manual_seed(0)
     ref = tb.PixelCNN(SMALL["channels"], SMALL["blocks"], 256)
@@ -70,13 +62,11 @@ def test_same_logits_with_the_textbook_input_scaling(tb, textbook_scaling):
             assert torch.allclose(ours(x)[:, :, 0], ref(x.float() / 255), atol=1e-5), mode
 
 
-def test_one_epoch_of_each_loop_ends_at_the_same_weights(tb, textbook_scaling, tmp_path):
+@needs_reference
+def test_one_epoch_of_each_loop_ends_at_the_same_weights(textbook_scaling, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (130, 8, 8), dtype=np.uint8)  # 2 full batches and 2 images
     np.save(tmp_path / "x.npy", images)
-    args = argparse.Namespace(data=str(tmp_path / "x.npy"), epochs=1, bs=64, lr=1e-3, hidden=SMALL["channels"],
-                              blocks=SMALL["blocks"], seed=0, levels=256, out=str(tmp_path / "ref.pt"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        tb.train(args)
+    train_reference(tmp_path / "x.npy", tmp_path / "ref.pt", **SMALL)
     ref = torch.load(tmp_path / "ref.pt", weights_only=True)["state"]
     ours = textbook_model(seed=0, height=8, width=8, **SMALL)
     train_textbook(ours, torch.from_numpy(images)[:, None], epochs=1)

@@ -1,26 +1,10 @@
-"""`pixelnet serve`: a page where a person watches the model draw, and its HTTP API.
+"""`pixelnet serve`'s FastAPI app: the page (page.html) and its JSON API, each route described at /api/docs.
 
-Stack: FastAPI with one page of our own (page.html: plain JS, canvases drawn
-with nearest-neighbour scaling), streamed as server-sent events over POST.
-FastAPI and uvicorn come with MLflow already; Gradio would add a large
-dependency and its own event model for a page this small.
-
-API (JSON in, JSON or an event stream out; bad requests are a 422 naming the field, and a field the
-request does not take, a misspelt "temprature" say, is one too rather than silently ignored):
-
-    GET  /                     the page
-    GET  /api/info             the model's facts (dataset, levels, architecture, head, test bits/dim, registry)
-    GET  /api/examples         a few test images to complete, and their classes, when the data directory is there
-    POST /api/sample           {n, label, temperature, seed} -> {images (N, C, H, W) levels, labels}
-    POST /api/sample/stream    the same as events: `row` {i, rows (N, C, W)} for each row in order, then `done`
-    POST /api/complete         {image (C, H, W) or (H, W) levels, rows, n, label, temperature, seed} -> {images}
-    POST /api/complete/stream  the same as events
-
-Sampling runs in a worker thread, off the event loop, so the server answers
-other clients while one generates; each request has its own stream.  A
-client that disconnects (the page's Stop) stops its generation at the next
-row.  The same settings give the same images as `pixelnet sample`
-(SampleConfig, sample_labels and sampling_noise are shared with that stage).
+The */stream routes send server-sent events over POST: `row` {i, rows (N, C, W)} for each row drawn, then
+`done` with the images.  Sampling runs in a worker thread, so the server answers other clients while one
+generates, and a client that disconnects (the page's Stop) ends its generation at the next row.  Request
+bodies refuse unknown fields and bad values with a 422 naming the field.  The same settings draw the same
+images as `pixelnet sample` (both draw through pixelnet.sampling's sample_labels and sampling_noise).
 """
 
 from __future__ import annotations
@@ -41,8 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pixelnet.config import SampleConfig
 from pixelnet.model import ModelConfig
 from pixelnet.sampling import complete as complete_images
-from pixelnet.sampling import sample_fast, sampling_noise
-from pixelnet.stages.sample import sample_labels
+from pixelnet.sampling import sample_fast, sample_labels, sampling_noise
 
 MAX_N = 64  # images per request: enough for a screenful, few enough to stay live on a laptop CPU
 MAX_COMPLETIONS = 16
@@ -199,10 +182,12 @@ def create_app(model: torch.nn.Module, config: ModelConfig, *, facts: dict, exam
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
+        """The page."""
         return PAGE.read_text()
 
     @app.get("/api/info")
     def info() -> dict:
+        """The model's facts: dataset, levels, shape, architecture, head, test bits/dim or registry version."""
         c = config
         return facts | {"levels": c.levels, "shape": [c.image_channels, c.height, c.width], "arch": c.arch,
                         "head": c.head, "conditional": c.conditional, "classes": c.n_classes, "max_n": MAX_N,
@@ -210,6 +195,7 @@ def create_app(model: torch.nn.Module, config: ModelConfig, *, facts: dict, exam
 
     @app.get("/api/examples")
     def example_images(count: Annotated[int, Field(ge=1, le=32)] = 10) -> dict:
+        """A few test images to complete and their classes (404 when the server has no --data)."""
         if examples is None:
             raise HTTPException(status_code=404, detail="no test images: start the server with --data")
         labels = example_labels[:count].tolist() if example_labels is not None else None
@@ -217,20 +203,25 @@ def create_app(model: torch.nn.Module, config: ModelConfig, *, facts: dict, exam
 
     @app.post("/api/sample")
     def sample(req: SampleRequest) -> dict:
+        """{n, label, temperature, seed} -> {images (N, C, H, W) levels, labels}."""
         return sample_result(req)
 
     @app.post("/api/sample/stream")
     async def sample_stream(req: SampleRequest, request: Request) -> StreamingResponse:
+        """/api/sample as events, a row at a time."""
         gen.check_label(req.label)  # a 422 before the stream starts
         return StreamingResponse(stream(request, lambda on_row: sample_result(req, on_row), app.state.generations),
                                  media_type="text/event-stream")
 
     @app.post("/api/complete")
     def complete(req: CompleteRequest) -> dict:
+        """{image (C, H, W) or (H, W) levels, rows, n, label, temperature, seed} -> {images}: n completions
+        of the image below its top `rows` rows."""
         return {"images": gen.complete(req, gen.completion_image(req)).tolist()}
 
     @app.post("/api/complete/stream")
     async def complete_stream(req: CompleteRequest, request: Request) -> StreamingResponse:
+        """/api/complete as events, a row at a time."""
         image = gen.completion_image(req)  # a 422 before the stream starts
         work = lambda on_row: {"images": gen.complete(req, image, on_row).tolist()}  # noqa: E731
         return StreamingResponse(stream(request, work, app.state.generations), media_type="text/event-stream")

@@ -17,34 +17,12 @@ import typer
 from tqdm.auto import tqdm
 
 from pixelnet.checkpoint import load_model
-from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, load_params, model_file, report_stage, run_command
-from pixelnet.config import SampleConfig
+from pixelnet.command import MlflowOpt, ParamsOpt, SetOpt, model_file, report_stage, run_command
+from pixelnet.config import SampleConfig, load_params
 from pixelnet.device import select_device
-from pixelnet.errors import PixelNetError
 from pixelnet.evaluation.figures import class_grid
 from pixelnet.files import make_dir, write_json
-from pixelnet.model import ModelConfig
-from pixelnet.sampling import sample_fast, sample_naive, sampling_noise
-
-
-def sample_labels(cfg: SampleConfig, mcfg: ModelConfig) -> tuple[torch.Tensor | None, int | None]:
-    """Class labels (n,) to draw for a conditional model, and the number of classes that take turns (None if none).
-
-    With sample.label set, every image is of that class.  Otherwise the classes
-    take turns, image k of class k mod classes: every class is drawn equally
-    often, any `classes` consecutive images hold one of each, and the grid's
-    columns each hold one class.
-    """
-    if not mcfg.conditional:
-        if cfg.label is not None:
-            raise PixelNetError(f"sample.label={cfg.label} needs a conditional model (model.conditional: true); "
-                                "this model is unconditional: drop the label")
-        return None, None
-    if cfg.label is not None:
-        if cfg.label >= mcfg.n_classes:
-            raise PixelNetError(f"sample.label={cfg.label} is not a class of this model: use 0 .. {mcfg.n_classes - 1}")
-        return torch.full((cfg.n,), cfg.label, dtype=torch.long), None
-    return torch.arange(cfg.n) % mcfg.n_classes, mcfg.n_classes
+from pixelnet.sampling import sample_fast, sample_labels, sample_naive, sampling_noise
 
 
 def sample(cfg: SampleConfig, *, model_path: Path, out_dir: Path, device: str = "auto") -> dict:

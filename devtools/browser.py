@@ -1,4 +1,4 @@
-"""Driving `pixelnet serve`'s page in Debian's headless Chromium, for the serve tests and benchmarks/.
+"""Driving `pixelnet serve`'s page in Debian's headless Chromium, for the serve tests and the benchmarks.
 
 `serving(app)` runs the app with uvicorn on a free loopback port in a thread;
 `chromium()` starts the system Chromium through its ChromeDriver (Selenium),
