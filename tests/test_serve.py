@@ -78,6 +78,8 @@ def test_complete_keeps_the_given_rows(client):
     streamed = events(client.post("/api/complete/stream", json={"image": image, "rows": 2, "n": 3, "label": 1}).text)
     assert [d["i"] for n, d in streamed if n == "row"] == [2, 3, 4]
     assert np.array_equal(np.asarray(streamed[-1][1]["images"]), got)
+    default = client.post("/api/complete", json={"image": image, "n": 3, "label": 1}).json()["images"]
+    assert np.array_equal(np.asarray(default), got), "rows left out keeps half the image's rows (2 of 5)"
 
 
 @pytest.mark.parametrize("path, body, field", [

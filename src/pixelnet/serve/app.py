@@ -47,7 +47,7 @@ class SampleRequest(StrictBody):
 
 class CompleteRequest(StrictBody):
     image: list  # levels, (C, H, W) or (H, W) for one channel
-    rows: Annotated[int, Field(ge=0)] = 14
+    rows: Annotated[int | None, Field(ge=0)] = None  # top rows kept; default: half the image's rows
     n: Annotated[int, Field(ge=1, le=MAX_COMPLETIONS)] = 4
     label: Annotated[int | None, Field(ge=0)] = None  # conditional models: the class to complete as (default 0)
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
@@ -104,7 +104,7 @@ class Generator:
         """The request's checked image (1, C, H, W), or a 422 naming the field that is wrong."""
         self.check_label(req.label)
         image = self.given(req.image)
-        if req.rows >= self.config.height:
+        if req.rows is not None and req.rows >= self.config.height:
             raise bad_request("rows", f"keeps every row: choose fewer than {self.config.height}")
         return image
 
@@ -113,7 +113,8 @@ class Generator:
         labels = None
         if self.config.conditional:
             labels = torch.tensor([req.label if req.label is not None else 0])
-        out = complete_images(self.model, image, rows=req.rows, completions=req.n, seed=req.seed,
+        rows = self.config.height // 2 if req.rows is None else req.rows
+        out = complete_images(self.model, image, rows=rows, completions=req.n, seed=req.seed,
                               temperature=req.temperature, labels=labels, on_row=on_row)
         return out[0]  # (n, C, H, W)
 
