@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelnet.stages import train as train_stage
-from pixelnet.stages.train import emulated_bf16_warning
 from pixelnet.training import loop
-from pixelnet.training.loop import resolve_precision
+from pixelnet.training.loop import emulated_bf16_warning, resolve_precision
 from tests.conftest import model_config
 
 CPU = torch.device("cpu")
@@ -47,7 +45,7 @@ def test_auto_on_cuda_asks_the_device(monkeypatch, supported):
     ("fp32", {"avx2"}, False),
 ])
 def test_bf16_by_hand_on_a_cpu_without_native_bf16_warns_naming_the_flags(monkeypatch, precision, flags, warns):
-    monkeypatch.setattr(train_stage, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(loop, "cpu_flags", lambda: frozenset(flags))
     warning = emulated_bf16_warning(precision, CPU)
     assert (warning is not None) == warns
     if warns:

@@ -252,6 +252,17 @@ def test_a_damaged_or_unsafe_state_is_refused_and_training_starts_afresh(run_cli
         assert torch.load(out / "state.pt", weights_only=True)["progress"]["epoch"] == 4  # overwritten, finished
 
 
+def test_a_file_that_is_not_a_training_state_is_named_and_training_starts_afresh(run_cli, processed, tmp_path):
+    params, data = processed
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({"x": 1}, out / "state.pt")  # loads safely, but holds no fingerprint
+    result = run_cli(*train_args(params, data, out))
+    assert result.code == 0, result.err
+    assert "is not a PixelNet training state (no fingerprint)" in result.out and "training afresh" in result.out
+    assert torch.load(out / "state.pt", weights_only=True)["progress"]["epoch"] == 4  # overwritten, finished
+
+
 def test_the_stage_tells_the_pace_once_with_the_time_left_and_a_shorter_setting(run_cli, processed, tmp_path):
     """One plain line after the first read of the losses (step 10): the training and later stages' time at the
     pace so far; where training has more than 5 minutes left, the epochs for a first look of about 2 minutes."""

@@ -1,7 +1,7 @@
 """params.yaml -> typed, frozen, checked config objects, one per section.
 
 params.yaml is the only home of hyperparameters and of their defaults: the classes here declare each key's type
-and checks, never a value.  `load_params` reads a params file, applies `section.key=value` overrides (the CLI's
+and checks, never a value (but `ONLY_FOR`'s fixed values for the keys a model does not read).  `load_params` reads a params file, applies `section.key=value` overrides (the CLI's
 `--set`) and checks every section before any work starts: an unknown, missing or mistyped key or a bad value is
 a `ConfigError` naming `section.key`.  Code that builds configs itself (tests, benchmarks) starts from
 `defaults()`, the repository's params.yaml, and changes keys with `.replace(key=value)`, checked the same way.

@@ -51,9 +51,9 @@ def command(
 ) -> None:
     """Print a preset's params as `-S section.key=value` options for `dvc exp run`."""
     overrides = preset_overrides(preset)
-    load_params(params)  # params.yaml's own faults name params.yaml; what is left is the preset's
+    base = load_params(params)  # params.yaml's own faults name params.yaml; what is left is the preset's
     try:
-        Params.from_mapping(apply_overrides(read_yaml(Path(params).read_text()), overrides))
+        Params.from_mapping(apply_overrides(base.model_dump(), overrides))
     except ConfigError as e:
         raise ConfigError(f"preset {preset}: {e}; fix or remove that line of the preset") from None
     typer.echo(" ".join(f"-S {o}" for o in overrides))

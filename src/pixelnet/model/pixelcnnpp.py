@@ -305,15 +305,16 @@ class PixelCNNPP(nn.Module):
 
     def head(self, features: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """The head's output from elu(ul) and the scaled image (whose current pixel only a softmax over RGB reads)."""
-        return self.head_step(features, xs, hidden=self.head_hidden, pixel=self.head_pixel, out=self.head_out)
+        h = None if self.head_hidden is None else self.head_hidden(features)
+        return self.head_step(features, h, xs, pixel=self.head_pixel, out=self.head_out)
 
     @staticmethod
-    def head_step(features: torch.Tensor, xs: torch.Tensor, *, hidden: Conv | None, pixel: Conv | None,
+    def head_step(features: torch.Tensor, h: torch.Tensor | None, xs: torch.Tensor, *, pixel: Conv | None,
                   out: Conv) -> torch.Tensor:
-        """The head's math, its convs given as functions (None where the head has none)."""
-        if hidden is None:
+        """The head's math after its hidden layer (h = hidden(features), None where the head has none), its convs
+        given as functions: the sampler computes h once a pixel, the rest once a colour group."""
+        if h is None:
             return out(features)
-        h = hidden(features)
         if pixel is not None:
             h = h + pixel(xs)
         return out(F.elu(h))

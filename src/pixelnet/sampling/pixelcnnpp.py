@@ -153,9 +153,10 @@ class PixelCNNPPIncremental:
         self.maps = [{e: zeros(*level.size) for level in self.resolution for e in level.makes} for _ in (0, 1)]
         self.u_down = [[zeros(*level.size) for _ in level.reads] for level in self.resolution]  # u after each layer
         self.ul_above_row = zeros(cfg.width)  # the ul stream's (1, 3) conv of the row above
-        hidden, pixel = (None if m is None else _nin(m) for m in (model.head_hidden, model.head_pixel))
-        self.head = functools.partial(model.head_step, hidden=hidden, pixel=pixel, out=_nin(model.head_out))
+        self.hidden, pixel = (None if m is None else _nin(m) for m in (model.head_hidden, model.head_pixel))
+        self.head = functools.partial(model.head_step, pixel=pixel, out=_nin(model.head_out))
         self.features: torch.Tensor | None = None  # elu(ul) at the current pixel
+        self.hidden_out: torch.Tensor | None = None  # the head's hidden layer of it (None: the head has none)
         self.pixel = weight.new_zeros(n, cfg.image_channels)  # the current pixel's scaled channels written so far
         self.next_row = 0
 
@@ -219,8 +220,9 @@ class PixelCNNPPIncremental:
         """The head's group-g outputs (N, P / groups) at (i, j): a pixel's mixture, or channel g's logits."""
         if g == 0:
             self.features = F.elu(self._walk(1, i, j))
+            self.hidden_out = None if self.hidden is None else self.hidden(self.features)
             self.pixel.zero_()
-        out = self.head(self.features, self.pixel)
+        out = self.head(self.features, self.hidden_out, self.pixel)
         per_group = out.shape[1] // self.model.distribution.groups
         return out[:, g * per_group:(g + 1) * per_group]
 

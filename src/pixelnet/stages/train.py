@@ -40,14 +40,13 @@ from pixelnet.model import ModelConfig
 from pixelnet.model.build import build_model
 from pixelnet.model.likelihood import class_prior
 from pixelnet.training.loop import (
-    CPU_BF16_FLAGS,
     READ_EVERY,
     STATE_FORMAT,
     Dist,
     EpochRecord,
     Progress,
     batches_per_epoch,
-    cpu_flags,
+    emulated_bf16_warning,
     finished,
     fit,
     resolve_precision,
@@ -312,15 +311,6 @@ def session(device_name: str, *, batch_size: int) -> Iterator[Dist]:
         torch_dist.destroy_process_group()
 
 
-def emulated_bf16_warning(precision: str, device: torch.device) -> str | None:
-    """A warning for train.precision: bf16 set by hand on a CPU whose flags show no native bf16 (None otherwise,
-    and None where the flags cannot be read: no guessing)."""
-    flags = cpu_flags()
-    if precision != "bf16" or device.type != "cpu" or not flags or any(f in flags for f in CPU_BF16_FLAGS):
-        return None
-    return (f"warning: train.precision is bf16, but this CPU has neither {' nor '.join(CPU_BF16_FLAGS)} in "
-            "/proc/cpuinfo, so bf16 is emulated here and trains many times slower than fp32 (one measured AVX2 "
-            "machine: bf16 matmul 0.11 GFLOP/s against 35 for fp32); set train.precision: auto or fp32")
 
 
 # ---- the reports ----

@@ -84,5 +84,6 @@ class Muon(torch.optim.Optimizer):
                 ortho = orthogonalize(torch.stack([u for _, u in items]).to(dtype))
                 scale = lr * 0.2 * math.sqrt(max(rows, cols))  # match_rms_adamw
                 for (p, _), o in zip(items, ortho):
-                    p.mul_(1 - lr * decay)
+                    if decay:  # train.weight_decay's default 0 skips a pass over every filter
+                        p.mul_(1 - lr * decay)
                     p.add_(o.reshape(p.shape).to(p.dtype), alpha=-scale)
